@@ -1,0 +1,1 @@
+"""sdviz: watch Stable Diffusion make an image, step by step."""

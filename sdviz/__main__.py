@@ -1,0 +1,5 @@
+import sys
+
+from sdviz.cli import main
+
+sys.exit(main())

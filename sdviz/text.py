@@ -1,0 +1,79 @@
+"""Text conditioning: prompt -> tokens -> CLIP text embeddings that the U-Net reads via cross-attention.
+
+Exactly what diffusers' ``StableDiffusionPipeline.encode_prompt`` does: the prompt is padded (or cut) to
+the tokenizer's maximum length, and with classifier-free guidance the negative prompt ("" when none is
+given) is encoded the same way, to be the "unconditional" reference point.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Tokens:
+    """A prompt as the text encoder sees it."""
+
+    text: str
+    ids: list[int]  # exactly max_length ids: start token, the prompt's tokens, end token, padding
+    tokens: list[str]  # the same, as readable strings
+    n_prompt_tokens: int  # how many ids come from the prompt itself (between the start and end tokens)
+    dropped_words: list[str] = field(default_factory=list)  # cut because the prompt was too long
+
+
+def tokenize(tokenizer, text: str) -> Tokens:
+    max_length = tokenizer.model_max_length
+    ids = tokenizer(text, padding="max_length", max_length=max_length, truncation=True).input_ids
+    full = tokenizer(text, truncation=False).input_ids  # [start, ..., end] of any length
+    kept = max_length - 2
+    dropped: list[str] = []
+    if len(full) - 2 > kept:
+        dropped = tokenizer.decode(full[1 + kept : -1]).split()
+        logger.warning(
+            "The prompt is longer than the text encoder's %d tokens; these words were dropped: %s",
+            max_length, " ".join(dropped),
+        )
+    n = min(len(full) - 2, kept)
+    tokens = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+    return Tokens(text=text, ids=ids, tokens=tokens, n_prompt_tokens=n, dropped_words=dropped)
+
+
+@torch.no_grad()
+def embed(model, tokens: Tokens) -> torch.Tensor:
+    """CLIP's last hidden state for the tokens: one embedding vector per token, [1, max_length, dim]."""
+    ids = torch.tensor([tokens.ids], device=model.device)
+    attention_mask = None  # like diffusers: CLIP checkpoints do not ask for a mask, so padding is attended to
+    if getattr(model.text_encoder.config, "use_attention_mask", False):
+        attention_mask = torch.ones_like(ids)
+        attention_mask[0, tokens.n_prompt_tokens + 2 :] = 0
+    return model.text_encoder(ids, attention_mask=attention_mask)[0].to(model.text_encoder.dtype)
+
+
+@dataclass
+class PromptEmbeddings:
+    prompt: Tokens
+    negative: Tokens | None  # None when guidance is off: one U-Net pass per step
+    text_embeds: torch.Tensor
+    uncond_embeds: torch.Tensor | None
+
+    def unet_batch(self) -> torch.Tensor:
+        """The U-Net's encoder_hidden_states: [uncond, text] with guidance (uncond first, as in diffusers)."""
+        if self.uncond_embeds is None:
+            return self.text_embeds
+        return torch.cat([self.uncond_embeds, self.text_embeds])
+
+
+def encode_prompt(model, prompt: str, negative_prompt: str, guidance: bool) -> PromptEmbeddings:
+    tokens = tokenize(model.tokenizer, prompt)
+    negative = tokenize(model.tokenizer, negative_prompt or "") if guidance else None
+    return PromptEmbeddings(
+        prompt=tokens,
+        negative=negative,
+        text_embeds=embed(model, tokens),
+        uncond_embeds=embed(model, negative) if negative is not None else None,
+    )

@@ -1,0 +1,103 @@
+"""The architecture of the embedded tiny Stable Diffusion: the same four parts as the real thing.
+
+- a CLIP tokenizer (BPE, built offline over the toy world's words) and a CLIP text encoder,
+- a VAE (``AutoencoderKL``) that squeezes a 64x64x3 picture into 8x8x4 latents: 48x fewer numbers,
+- a U-Net (``UNet2DConditionModel``) that predicts noise, reading the text through cross-attention,
+- a scheduler with Stable Diffusion's own noise schedule.
+
+Only sizes differ from SD 1.5, so every part of sdviz treats it exactly like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+from tokenizers.pre_tokenizers import ByteLevel
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from sdviz import toyworld
+
+MAX_TOKENS = 16  # the toy tokenizer's model_max_length (SD uses 77)
+TEXT_DIM = 128  # width of the text embeddings, and the U-Net's cross_attention_dim
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+# Stable Diffusion's noise schedule, unchanged: every scheduler in the app behaves as it does for SD.
+NOISE_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+)
+
+
+def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose vocabulary holds every byte (so any text encodes) and the toy words."""
+    vocab = {BOS: 0, EOS: 1}
+    alphabet = sorted(ByteLevel.alphabet())  # CLIP's byte-level alphabet: nothing is ever unknown
+    for symbol in alphabet + [c + "</w>" for c in alphabet]:
+        vocab.setdefault(symbol, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(words):  # merge each word left to right into one token
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            pair = (merged, piece)
+            merged += piece
+            if pair not in merges:
+                merges.append(pair)
+            vocab.setdefault(merged, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS,
+                              bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    return tokenizer
+
+
+def build_text_encoder(vocab_size: int) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=4 * TEXT_DIM,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
+def build_vae() -> AutoencoderKL:
+    """Three halvings (64 -> 8) and 4 latent channels: the same compression as SD's VAE."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=toyworld.IMAGE_SIZE,
+    )
+
+
+def build_unet() -> UNet2DConditionModel:
+    """A small U-Net: 8x8 -> 4x4 -> 2x2 and back, cross-attention at 8x8, 4x4 and in the middle."""
+    return UNet2DConditionModel(
+        sample_size=toyworld.IMAGE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 96, 128),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def build_scheduler() -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (2M): good pictures in few steps; any other scheduler can be chosen at run time."""
+    return DPMSolverMultistepScheduler(**NOISE_SCHEDULE)

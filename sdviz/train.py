@@ -1,0 +1,240 @@
+"""Train the embedded tiny Stable Diffusion from scratch: ``python -m sdviz.train``.
+
+Two stages, as in the real thing:
+1. the VAE learns to squeeze toy pictures into 8x8x4 latents and back (reconstruction + a little KL);
+2. the U-Net and the CLIP text encoder learn to predict the noise that was added to those latents,
+   given the caption (10% of captions are dropped to "", so the same model also learns the
+   unconditional prediction that classifier-free guidance needs).
+
+Settings sit at the top; ``--preset micro`` runs a few steps of everything in seconds (used by the tests).
+Checkpoints are written every ``checkpoint_every`` steps to ``--workdir``; ``--resume`` continues from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from tqdm import tqdm
+
+from sdviz import toymodel, toyworld
+from sdviz.models import EMBEDDED_MODEL_DIR, RECOMMENDED_FILE
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    threads: int = 2
+    # stage 1: VAE
+    vae_steps: int = 2500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # SD's weight: keeps the latent space smooth without blurring
+    # stage 2: U-Net + text encoder, on latents of a fixed set of pictures
+    dataset_size: int = 30000
+    unet_steps: int = 5000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    uncond_fraction: float = 0.1  # captions replaced by "" so CFG has an unconditional model
+    keep_size_word: float = 0.6  # how often the caption names the size
+    keep_position_words: float = 0.75  # ... and the position
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    warmup_steps: int = 200
+    checkpoint_every: int = 500
+    # what the shipped model recommends to the CLI and the app
+    recommended: dict = dataclasses.field(
+        default_factory=lambda: {"steps": 20, "guidance_scale": 5.0, "height": 64, "width": 64}
+    )
+
+
+PRESETS = {
+    "full": TrainConfig(),
+    "micro": TrainConfig(vae_steps=2, vae_batch=4, dataset_size=16, unet_steps=2, unet_batch=4,
+                         warmup_steps=1, checkpoint_every=1),
+}
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+# -- stage 1 ----------------------------------------------------------------------------------
+def train_vae(cfg: TrainConfig, workdir: Path, device: torch.device, resume: bool):
+    vae = toymodel.build_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    ckpt, start = workdir / "vae.ckpt", 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    rng = random.Random(cfg.seed * 1000 + start)  # the picture stream is seeded per resume point
+    bar = tqdm(range(start, cfg.vae_steps), desc="VAE", initial=start, total=cfg.vae_steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+        x = torch.from_numpy(toyworld.batch(rng, cfg.vae_batch)[0]).to(device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        # L1 keeps edges sharp, MSE is what PSNR measures; the KL term is SD's tiny one.
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), step=step + 1)
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(cfg: TrainConfig, vae, workdir: Path, device: torch.device, resume: bool) -> dict:
+    """Draw the training pictures once and keep their latent distributions (mean, std)."""
+    path = workdir / "latents.pt"
+    if resume and path.exists():
+        return torch.load(path, weights_only=False)
+    rng = random.Random(cfg.seed + 1)
+    means, stds, scenes = [], [], []
+    for start in tqdm(range(0, cfg.dataset_size, 256), desc="encode"):
+        x, batch_scenes = toyworld.batch(rng, min(256, cfg.dataset_size - start))
+        dist = vae.encode(torch.from_numpy(x).to(device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+        scenes += [dataclasses.asdict(s) for s in batch_scenes]
+    data = {"mean": torch.cat(means), "std": torch.cat(stds), "scenes": scenes}
+    # SD rescales latents to unit variance before diffusion; this is the number it stores as
+    # vae.config.scaling_factor (0.18215 for SD 1.x). We measure ours the same way.
+    data["scaling_factor"] = float(1.0 / data["mean"].std())
+    torch.save(data, path)
+    return data
+
+
+# -- stage 2 ----------------------------------------------------------------------------------
+def random_caption(rng: random.Random, scene: dict, cfg: TrainConfig) -> str:
+    if rng.random() < cfg.uncond_fraction:
+        return ""
+    return toyworld.Scene(**{**scene, "background": tuple(scene["background"])}).caption(
+        with_size=rng.random() < cfg.keep_size_word,
+        with_position=rng.random() < cfg.keep_position_words,
+    )
+
+
+def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: torch.device, resume: bool):
+    unet = toymodel.build_unet().to(device)
+    text_encoder = toymodel.build_text_encoder(len(tokenizer)).to(device)
+    ema = {"unet": toymodel.build_unet().to(device), "text_encoder": toymodel.build_text_encoder(len(tokenizer)).to(device)}
+    for name, model in (("unet", unet), ("text_encoder", text_encoder)):
+        ema[name].load_state_dict(model.state_dict())
+        ema[name].requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    noise_scheduler = DDPMScheduler(**toymodel.NOISE_SCHEDULE)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    ckpt, start = workdir / "unet.ckpt", 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema["unet"].load_state_dict(state["ema_unet"])
+        ema["text_encoder"].load_state_dict(state["ema_text_encoder"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    rng = random.Random(cfg.seed * 1000 + 7 + start)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + start)
+    n, scale = len(data["scenes"]), data["scaling_factor"]
+    bar = tqdm(range(start, cfg.unet_steps), desc="U-Net", initial=start, total=cfg.unet_steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+        idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
+        mean, std = data["mean"][idx], data["std"][idx]
+        latents = (mean + std * torch.randn(mean.shape, generator=gen)).to(device) * scale
+        captions = [random_caption(rng, data["scenes"][i], cfg) for i in idx.tolist()]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)  # forward diffusion: x_t from x_0 in one jump
+        noise_pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        # Min-SNR weighting: the easy, almost noise-free steps don't drown out the rest.
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+        loss = (weight * (noise_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, model in (("unet", unet), ("text_encoder", text_encoder)):
+                for p_ema, p in zip(ema[name].parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            save_checkpoint(ckpt, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
+                            ema_unet=ema["unet"].state_dict(), ema_text_encoder=ema["text_encoder"].state_dict(),
+                            opt=opt.state_dict(), step=step + 1)
+    return ema["unet"].eval(), ema["text_encoder"].eval()
+
+
+def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor: float, cfg: TrainConfig, info: dict):
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(
+        vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tokenizer, unet=unet.cpu(),
+        scheduler=toymodel.build_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    # Shards of at most 8 MB: a Hugging Face Space stores files under 10 MB without Git LFS.
+    pipe.save_pretrained(out, safe_serialization=True, max_shard_size="8MB")
+    (out / RECOMMENDED_FILE).write_text(json.dumps({**cfg.recommended, "training": info}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/train"), help="checkpoints go here")
+    parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR, help="where the pipeline is saved")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --workdir")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(args.threads or cfg.threads)
+    device = torch.device(args.device)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    vae = train_vae(cfg, args.workdir, device, args.resume)
+    data = encode_dataset(cfg, vae, args.workdir, device, args.resume)
+    tokenizer = toymodel.build_tokenizer()
+    unet, text_encoder = train_unet(cfg, data, tokenizer, args.workdir, device, args.resume)
+    info = {"preset": args.preset, "device": str(device), "seconds": round(time.time() - t0, 1),
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "recommended"}}
+    save_pipeline(args.out, vae, unet, text_encoder, tokenizer, data["scaling_factor"], cfg, info)
+    print(f"saved {args.out} after {info['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
