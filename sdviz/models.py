@@ -97,7 +97,8 @@ def pick_device(device: str | torch.device | None = None, dtype: str | torch.dty
 
 
 _cache: dict[tuple, Model] = {}
-_cache_lock = threading.Lock()
+_cache_locks: dict[tuple, threading.Lock] = {}
+_cache_lock = threading.Lock()  # guards the two dicts; each model loads under its own lock
 
 
 def load_model(name: str | Path | None = None, device=None, dtype=None) -> Model:
@@ -106,6 +107,8 @@ def load_model(name: str | Path | None = None, device=None, dtype=None) -> Model
     name = EMBEDDED if name in (None, "", EMBEDDED) else str(name)
     key = (name, str(device), dtype)
     with _cache_lock:
+        key_lock = _cache_locks.setdefault(key, threading.Lock())
+    with key_lock:  # a slow download of one model does not hold up runs on another
         if key not in _cache:
             _cache[key] = _load(name, device, dtype)
         return _cache[key]

@@ -8,11 +8,14 @@ given) is encoded the same way, to be the "unconditional" reference point.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import torch
 
 logger = logging.getLogger(__name__)
+# A Rust-backed tokenizer changes its padding/truncation settings per call: one call at a time.
+_tokenizer_lock = threading.Lock()
 
 
 @dataclass
@@ -28,18 +31,20 @@ class Tokens:
 
 def tokenize(tokenizer, text: str) -> Tokens:
     max_length = tokenizer.model_max_length
-    ids = tokenizer(text, padding="max_length", max_length=max_length, truncation=True).input_ids
-    full = tokenizer(text, truncation=False).input_ids  # [start, ..., end] of any length
+    with _tokenizer_lock:
+        ids = tokenizer(text, padding="max_length", max_length=max_length, truncation=True).input_ids
+        full = tokenizer(text, truncation=False, verbose=False).input_ids  # [start, ..., end] of any length
+        tokens = tokenizer.convert_ids_to_tokens(ids)
     kept = max_length - 2
     dropped: list[str] = []
     if len(full) - 2 > kept:
-        dropped = tokenizer.decode(full[1 + kept : -1]).split()
+        with _tokenizer_lock:
+            dropped = tokenizer.decode(full[1 + kept : -1]).split()
         logger.warning(
             "The prompt is longer than the text encoder's %d tokens; these words were dropped: %s",
             max_length, " ".join(dropped),
         )
     n = min(len(full) - 2, kept)
-    tokens = [tokenizer.convert_ids_to_tokens(i) for i in ids]
     return Tokens(text=text, ids=ids, tokens=tokens, n_prompt_tokens=n, dropped_words=dropped)
 
 

@@ -10,8 +10,8 @@ Only sizes differ from SD 1.5, so every part of sdviz treats it exactly like a r
 
 from __future__ import annotations
 
-from tokenizers.pre_tokenizers import ByteLevel
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdviz import toyworld
@@ -31,7 +31,7 @@ NOISE_SCHEDULE = dict(
 )
 
 
-def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY) -> CLIPTokenizer:
+def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY, max_length: int = MAX_TOKENS) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose vocabulary holds every byte (so any text encodes) and the toy words."""
     vocab = {BOS: 0, EOS: 1}
     alphabet = sorted(ByteLevel.alphabet())  # CLIP's byte-level alphabet: nothing is ever unknown
@@ -47,9 +47,8 @@ def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY) -> CLIPTokeniz
             if pair not in merges:
                 merges.append(pair)
             vocab.setdefault(merged, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS,
-                              bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
-    return tokenizer
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length,
+                         bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
 
 
 def build_text_encoder(vocab_size: int) -> CLIPTextModel:

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -189,7 +188,7 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for name, model in (("unet", unet), ("text_encoder", text_encoder)):
-                for p_ema, p in zip(ema[name].parameters(), model.parameters()):
+                for p_ema, p in zip(ema[name].parameters(), model.parameters(), strict=True):
                     p_ema.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:

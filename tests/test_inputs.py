@@ -66,7 +66,7 @@ def test_unreadable_init_image_is_rejected(tmp_path):
 def test_odd_pictures_become_rgb(mode, tiny_model):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     if mode == "I;16":
-        picture = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+        picture = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
         assert picture.mode.startswith("I;16")
     else:
         picture = rgb.convert(mode)
@@ -95,3 +95,8 @@ def test_long_prompt_is_truncated_with_a_warning_naming_the_dropped_words(tiny_m
 def test_unknown_words_and_non_ascii_text_do_not_crash(tiny_model):
     trace = generate(tiny_model, RunSettings(prompt="un chat rouge é 猫 🐱", steps=2, height=32, width=32))
     assert trace.image.size == (32, 32)
+
+
+def test_hub_id_that_cannot_be_fetched_gives_a_clear_error():
+    with pytest.raises(SdvizError, match="Could not load the Stable Diffusion model 'nobody/no-such-model'"):
+        load_model("nobody/no-such-model")

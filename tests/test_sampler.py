@@ -112,7 +112,7 @@ def test_interleaved_runs_do_not_share_state(tiny_model):
     alone_a, alone_b = generate(tiny_model, a).image, generate(tiny_model, b).image
     run_a, run_b = denoise(tiny_model, a), denoise(tiny_model, b)
     last = {}
-    for item_a, item_b in zip(run_a, run_b):
+    for item_a, item_b in zip(run_a, run_b, strict=True):
         last["a"], last["b"] = item_a, item_b
     assert max_pixel_difference(last["a"].image, alone_a) == 0
     assert max_pixel_difference(last["b"].image, alone_b) == 0
