@@ -7,9 +7,9 @@ judge say what came out. It knows nothing about the model; it reads pixels the w
 2. Each pixel's *coverage* says how much of it is shape: 0 = background colour, 1 = the shape's colour
    (anti-aliased edge pixels are in between). The shape's colour is the median of its confident pixels.
 3. The largest connected blob is the shape. Its colour names the nearest toy colour; its bounding box
-   gives the position (nearest anchor) and the size (half-extent); how much of the box it fills gives
-   the shape: a circle fills pi/4 = 0.785 of it, a square all of it, a triangle half, and an upright
-   triangle carries 3/4 of its mass in the lower half of its box.
+   gives the position (the anchor nearest its centre) and the size (half-extent); how much of the box
+   it fills gives the shape: a circle fills pi/4 = 0.785 of it, a square all of it, a triangle half,
+   and an upright triangle carries 3/4 of its mass in the lower half of its box.
 4. A picture with no clear single shape (blank, noise, mush, several blobs) is flagged with the reasons.
 
 Everything is measured on a 64x64 copy of the picture, whatever its size.
@@ -35,7 +35,7 @@ MAX_AREA = 0.35  # share of the picture: the biggest drawn shape covers under 20
 SPECK = 0.15  # a second blob smaller than this share of the main one is a speck, not a second shape
 MAX_COLOUR_DISTANCE = 100.0  # RGB distance from the nearest toy colour beyond which no colour fits
 MAX_BLOTCHINESS = 35.0  # median RGB distance of the shape's pixels from its colour: beyond it, not flat
-MAX_SOFT_EDGE = 0.6  # share of the shape's area in half-covered pixels: beyond it, edges are mush
+MAX_EDGE_WIDTH = 3.0  # pixels: a drawn shape's anti-aliased rim is about 1 wide; wider is mush
 MAX_SHAPE_DISTANCE = 3.0  # distance from the nearest shape prototype (in its own units) beyond it, no shape
 
 # What each shape looks like to the judge: (share of its bounding box it fills, share of its mass in
@@ -58,7 +58,7 @@ class Verdict:
     shape: str | None
     position: str | None
     size: str | None
-    problems: tuple[str, ...]  # why the picture is not one clear shape; empty when it is
+    problems: tuple[str, ...]  # why the picture is not one clear shape, e.g. "blurry edges (3.4 pixels wide)"
     # The measurements behind the verdict (fractions are of the picture's side or area).
     background: tuple[int, int, int]
     rgb: tuple[int, int, int] | None  # the shape's colour: median of its confident pixels
@@ -98,11 +98,12 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     blobs = _label(distance > FOREGROUND)
     sizes = np.bincount(blobs.ravel())[1:]
     if sizes.size == 0 or sizes.max() < MIN_AREA:
-        return _empty(background, problems + ["no shape: the picture is blank"])
+        return _empty(background, problems + ["blank (no shape at all)"])
     main = int(np.argmax(sizes)) + 1
     others = np.delete(sizes, main - 1)
-    if np.any(others >= max(MIN_AREA / 4, SPECK * sizes.max())):
-        problems.append(f"several shapes ({1 + int(np.sum(others >= SPECK * sizes.max()))} blobs)")
+    more = int(np.sum(others >= max(MIN_AREA / 4, SPECK * sizes.max())))  # smaller ones are specks
+    if more:
+        problems.append(f"several shapes ({1 + more} blobs)")
 
     # 3. The shape's colour, then each pixel's coverage: where it lies between background and that colour.
     inside = blobs == main
@@ -113,16 +114,18 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     coverage = coverage * _grow(inside)  # the main blob and its anti-aliased rim only
     area = float(coverage.sum())
     if area / SIDE**2 > MAX_AREA:
-        problems.append(f"the shape covers {area / SIDE**2:.0%} of the picture")
-    blotchiness = float(np.median(np.linalg.norm(pixels[inside & (coverage > 0.5)] - rgb, axis=1)))
+        problems.append(f"too big (covers {area / SIDE**2:.0%} of the picture)")
+    solid = inside & (coverage > 0.5)
+    blotchiness = float(np.median(np.linalg.norm(pixels[solid if solid.any() else inside] - rgb, axis=1)))
     if blotchiness > MAX_BLOTCHINESS:
-        problems.append(f"not a flat colour (pixels stray {blotchiness:.0f} from it)")
-    soft = float(coverage[(coverage > 0.1) & (coverage < 0.9)].size) / max(area, 1.0)
-    if soft > MAX_SOFT_EDGE:
-        problems.append(f"blurry edges ({soft:.0%} of the shape is half-covered)")
+        problems.append(f"blotchy colour (pixels stray {blotchiness:.0f} from it)")
+    # Edge width: half-covered pixels per pixel of outline (about 4 * sqrt(area) long).
+    edge_width = float(np.sum((coverage > 0.1) & (coverage < 0.9))) / (4 * math.sqrt(area))
+    if edge_width > MAX_EDGE_WIDTH:
+        problems.append(f"blurry edges ({edge_width:.1f} pixels wide)")
     colour, colour_distance = _nearest_colour(rgb)
     if colour_distance > MAX_COLOUR_DISTANCE:
-        problems.append(f"colour {tuple(int(c) for c in rgb)} is none of the toy colours")
+        problems.append(f"odd colour ({_rgb_tuple(rgb)} is none of the toy colours)")
 
     # 4. The bounding box, measured with sub-pixel precision from the coverage profiles.
     columns, rows = coverage.max(axis=0), coverage.max(axis=1)
@@ -133,7 +136,9 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     below = np.clip(np.arange(SIDE) + 1 - centre_y, 0, 1)  # how much of each row lies below the centre
     bottom_share = float(coverage.sum(axis=1) @ below) / area
 
-    # 5. Names: the nearest shape prototype, position anchor and size class.
+    # 5. Names: the nearest shape prototype, position anchor and size class. The position comes from
+    # the box's centre, which is where the toy world puts a shape; a triangle's centre of mass sits a
+    # sixth of its height lower and would drift "at the top" triangles towards "in the center".
     shape, shape_distance = _nearest_shape(fill, bottom_share)
     if shape_distance > MAX_SHAPE_DISTANCE:
         problems.append(f"no clear shape (fills {fill:.0%} of its box, {bottom_share:.0%} in its lower half)")
@@ -182,7 +187,7 @@ def _label(mask: np.ndarray) -> np.ndarray:
     labels = np.zeros(mask.shape, dtype=np.int32)
     h, w = mask.shape
     count = 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if labels[start]:
             continue
         count += 1

@@ -1,0 +1,88 @@
+"""The shipped model in assets/tiny-sd: loads offline, is small, is SD-shaped, and draws what it is asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from sdviz import vae
+from sdviz.cli import main as cli_main
+from sdviz.judge import judge
+from sdviz.models import EMBEDDED, EMBEDDED_MODEL_DIR, RECOMMENDED_FILE, load_model
+from sdviz.sampler import generate
+from sdviz.settings import RunSettings
+
+MAX_WEIGHT_FILE = 10_000_000  # bytes: a Hugging Face Space stores files under 10 MB without Git LFS
+MAX_FOLDER = 30_000_000
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model(device="cpu")  # HF_HUB_OFFLINE=1 (conftest): nothing may come from the network
+
+
+def recommended_run(model, prompt: str, seed: int = 0) -> RunSettings:
+    rec = model.recommended
+    return RunSettings(prompt=prompt, steps=rec.steps, guidance_scale=rec.guidance_scale, seed=seed)
+
+
+def test_embedded_model_loads_offline_and_draws_a_64x64_picture(embedded):
+    assert embedded.name == EMBEDDED
+    trace = generate(embedded, recommended_run(embedded, "a big red circle"))
+    assert trace.image.size == (64, 64)
+    assert trace.guidance  # the recommended settings use classifier-free guidance
+
+
+def test_embedded_model_is_small_enough_for_a_space_without_lfs():
+    files = [p for p in EMBEDDED_MODEL_DIR.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    for path in weights:
+        assert path.stat().st_size < MAX_WEIGHT_FILE, path
+    assert sum(p.stat().st_size for p in files) < MAX_FOLDER
+
+
+def test_embedded_vae_downsamples_8x_into_4_channels_48x_fewer_numbers(embedded):
+    assert embedded.vae_scale_factor == 8
+    assert embedded.vae.config.latent_channels == 4
+    assert vae.compression_ratio(embedded) == 48
+    latents = vae.encode(embedded, Image.new("RGB", (64, 64), (240, 240, 240)), generator=None)
+    assert tuple(latents.shape) == (1, 4, 8, 8)
+
+
+def test_embedded_model_records_its_recommended_settings(embedded):
+    saved = json.loads((EMBEDDED_MODEL_DIR / RECOMMENDED_FILE).read_text())
+    for key in ("steps", "guidance_scale", "height", "width"):
+        assert getattr(embedded.recommended, key) == saved[key]
+    assert (embedded.recommended.height, embedded.recommended.width) == (64, 64)
+    assert embedded.recommended.guidance_scale > 1
+
+
+def test_cli_without_model_uses_the_embedded_model(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["generate", "--prompt", "a small blue square", "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model"] == EMBEDDED
+    assert Image.open(out / "final.png").size == (64, 64)
+
+
+EASY_PROMPTS = {  # prompt -> what the picture must show (combinations seen in training)
+    "a big red circle": {"colour": "red", "shape": "circle", "size": "big"},
+    "a blue square on the left": {"colour": "blue", "shape": "square", "position": "left"},
+    "a small green triangle": {"colour": "green", "shape": "triangle", "size": "small"},
+    "a yellow circle at the top": {"colour": "yellow", "shape": "circle", "position": "top"},
+}
+
+
+def test_embedded_model_draws_easy_prompts_right(embedded):
+    """A smoke test of quality; the real numbers come from `python -m sdviz.evaluate`."""
+    failures = []
+    for prompt, wanted in EASY_PROMPTS.items():
+        for seed in (0, 1):
+            verdict = judge(generate(embedded, recommended_run(embedded, prompt, seed)).image)
+            if not all(verdict.agrees(**wanted).values()):
+                failures.append(f"{prompt!r} seed {seed}: {verdict.colour} {verdict.shape} {verdict.position} "
+                                f"{verdict.size} {verdict.problems}")
+    assert len(failures) <= 1, failures  # at most one miss in eight pictures
