@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     gen.add_argument("--dtype", default=None, help="float32 or float16 (default: float16 on CUDA, else float32)")
     gen.add_argument("--out", type=Path, required=True, help="folder for final.png, settings.json, trace.npz")
+    gen.add_argument("--bundle", type=Path, default=None,
+                     help="also write the run as one zip (pictures of every step, animation, trace): PATH.zip")
     return parser
 
 
@@ -44,6 +46,8 @@ def generate_command(args: argparse.Namespace) -> Path:
     from sdviz.settings import RunSettings
     from sdviz.trace import Trace
 
+    if args.bundle is not None and args.bundle.suffix.lower() != ".zip":
+        raise SdvizError(f"--bundle must name a .zip file (got {str(args.bundle)!r}).")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rec = model.recommended
     settings = RunSettings(
@@ -66,6 +70,10 @@ def generate_command(args: argparse.Namespace) -> Path:
                 bar.set_postfix(t=f"{item.timestep:.0f}")
     out = trace.save(args.out)
     print(f"saved {out / 'final.png'}, {out / 'settings.json'} and {out / 'trace.npz'} ({trace.seconds:.2f} s)")
+    if args.bundle is not None:
+        from sdviz.export import write_bundle
+
+        print(f"saved the bundle {write_bundle(model, trace, args.bundle)}")
     return out
 
 

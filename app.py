@@ -1,0 +1,12 @@
+"""sdviz in the browser: ``python app.py`` (then open http://127.0.0.1:7860).
+
+The page is built by :func:`sdviz.ui.build_demo`; this file only launches it. Gradio reads the address
+from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; the model allow-list comes from SDVIZ_MODELS.
+"""
+
+from sdviz.ui import build_demo, launch_kwargs
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch(**launch_kwargs())

@@ -1,0 +1,188 @@
+"""How fast does the app show the loop? Latency, overhead and bytes of the live "peek inside" stream.
+
+Starts the app in its own process (as `python app.py` would), then, from this process, with gradio_client:
+
+- first frame: seconds from sending a /txt2img request to receiving the first update that shows a step
+  (client side: queueing, the first U-Net pass, rendering, the wire);
+- full run: seconds from the request to the final picture, against the CLI's own generation time for the
+  same settings (`sdviz.sampler.generate`, the loop `python -m sdviz generate` runs, warm, in this
+  process while the server idles); runs alternate, the figure is the median of the per-pair ratios;
+- bytes per streamed step: each update's JSON payload plus the pictures it points to that the page has
+  not fetched yet (fetched here like the browser does); median and largest.
+The animation, the full decodes of the last step and the final plot come after the final picture, in a
+follow-up event (the page triggers it, the API does not); their server-side cost is timed separately.
+
+    python benchmarks/app_latency.py                      # the embedded model, 20 steps, 7 pairs
+    python benchmarks/app_latency.py --model PATH --pairs 3 --steps 30
+
+Targets (embedded model, 2 CPU cores): first frame <= 0.5 s, full run <= 1.5x the CLI, <= 150 KB a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SERVER = """
+import sys
+from sdviz.ui import build_demo, launch_kwargs
+demo = build_demo([sys.argv[1]])
+demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True, **launch_kwargs())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, temp_dir: str) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp_dir,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, model, str(port)], cwd=ROOT, env=env)
+    deadline = time.perf_counter() + 300
+    while time.perf_counter() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the app exited with status {server.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.terminate()
+    raise SystemExit("the app did not start within 300 s")
+
+
+def app_run(client, http: httpx.Client, args) -> dict:
+    """One /txt2img request: when the first step arrived, when the final picture did, bytes per update."""
+    fetched: set[str] = set()
+    started = time.perf_counter()
+    job = client.submit(args.prompt, "", args.steps, args.guidance_scale, args.seed, "default", api_name="/txt2img")
+    first_frame, update_bytes = None, []
+    for output in job:
+        status = output[1] if isinstance(output[1], str) else ""
+        if first_frame is None and status.startswith("Step"):
+            first_frame = time.perf_counter() - started
+        size = len(json.dumps(output))
+        for value in output:
+            url = value.get("url") if isinstance(value, dict) else None
+            if url and url not in fetched:
+                fetched.add(url)
+                size += len(http.get(url).content)
+        if status.startswith("Step"):
+            update_bytes.append(size)
+    result = job.result()
+    total = time.perf_counter() - started
+    assert isinstance(result[0], dict) and result[0].get("url"), "no final picture in the result"
+    loop = float(re.search(r"steps in ([0-9.]+) s", result[1]).group(1))  # the server's own loop time
+    return {"first_frame": first_frame, "total": total, "loop": loop, "update_bytes": update_bytes,
+            "updates": len(update_bytes)}
+
+
+def follow_up_seconds(model, trace) -> float:
+    """Server-side cost of what comes after the final picture: animation, two full decodes, the plot."""
+    from sdviz import render
+
+    started = time.perf_counter()
+    render.run_animation(model, trace)
+    cache = render.DecodeCache(trace)
+    cache.get(model, len(trace.steps) - 1, "x_t")
+    cache.get(model, len(trace.steps) - 1, "x0")
+    fig = render.schedule_figure(trace.steps, len(trace.steps) - 1, len(trace.steps))
+    fig.savefig(tempfile.TemporaryFile(), format="png")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="embedded", help="model name or local folder (default: embedded)")
+    parser.add_argument("--pairs", type=int, default=7, help="app runs and CLI runs, alternating")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's recommended")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's recommended")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default="a big red circle on the left")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    from gradio_client import Client
+
+    from sdviz import render
+    from sdviz.models import load_model
+    from sdviz.sampler import generate
+    from sdviz.settings import RunSettings
+
+    model = load_model(args.model)
+    render.prepare(model)
+    args.steps = args.steps or model.recommended.steps
+    args.guidance_scale = model.recommended.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    settings = RunSettings(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as temp_dir:
+        server = start_server(args.model, port, temp_dir)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False, analytics_enabled=False)
+            with httpx.Client(timeout=60) as http:
+                app_run(client, http, args)  # warm-up: first requests pay for connections and lazy set-up
+                generate(model, settings)
+                app, cli = [], []
+                for _ in range(args.pairs):
+                    app.append(app_run(client, http, args))
+                    started = time.perf_counter()
+                    trace = generate(model, settings)
+                    cli.append(time.perf_counter() - started)
+            client.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    ratios = [a["total"] / c for a, c in zip(app, cli, strict=True)]
+    all_bytes = [b for a in app for b in a["update_bytes"]]
+    figures = {
+        "model": args.model, "steps": len(trace.steps), "guidance_scale": args.guidance_scale, "pairs": args.pairs,
+        "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "first_frame_s": statistics.median(a["first_frame"] for a in app),
+        "app_total_s": statistics.median(a["total"] for a in app),
+        "app_loop_s": statistics.median(a["loop"] for a in app),
+        "cli_generate_s": statistics.median(cli),
+        "ratio": statistics.median(ratios),
+        "updates_per_run": statistics.median(a["updates"] for a in app),
+        "bytes_per_update_median": statistics.median(all_bytes),
+        "bytes_per_update_max": max(all_bytes),
+        "follow_up_s": follow_up_seconds(model, trace),
+    }
+    print(f"model {figures['model']}, {figures['steps']} steps, CFG {figures['guidance_scale']}, "
+          f"{figures['pairs']} pairs, OMP_NUM_THREADS={figures['threads']}")
+    print("| measure | median | target |")
+    print("|---|---|---|")
+    print(f"| first peek frame after the request | {figures['first_frame_s']:.3f} s | <= 0.5 s |")
+    print(f"| full run in the app (to the final picture) | {figures['app_total_s']:.3f} s | |")
+    print(f"| of which the loop inside the app (denoise, start to final decode) | {figures['app_loop_s']:.3f} s | |")
+    print(f"| CLI generation, same settings | {figures['cli_generate_s']:.3f} s | |")
+    print(f"| app / CLI (median of pairs) | {figures['ratio']:.2f}x | <= 1.5x |")
+    print(f"| live updates per run | {figures['updates_per_run']:.0f} | |")
+    print(f"| bytes per streamed step (median / largest) | {figures['bytes_per_update_median'] / 1000:.1f} KB / "
+          f"{figures['bytes_per_update_max'] / 1000:.1f} KB | <= 150 KB |")
+    print(f"| after the final picture: animation, 2 full decodes, plot (server) | {figures['follow_up_s']:.3f} s | |")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Classifier-free guidance experiments, and two prompts from the same starting noise.
+
+At every step the U-Net estimates the noise twice, once without the prompt (unconditional) and once with
+it; classifier-free guidance (CFG) combines them as
+
+    noise = uncond + g * (text - uncond)
+
+so g = 1 is the prompt's own estimate, and g > 1 pushes further along the direction the prompt adds.
+Three experiments make that concrete:
+
+(a) a sweep: the same seed at a row of guidance scales, with a measure of what changed;
+(b) a what-if: take one recorded step, recombine its stored estimates at another g, and see the clean
+    picture (x0) that step would have aimed at, with no new U-Net call;
+(c) prompt A/B: two prompts from the very same starting noise, and their paths through latent space.
+
+Every run goes through :func:`sdviz.sampler.generate`; nothing here has a denoising loop of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+
+from sdviz import toyworld, vae
+from sdviz.errors import SdvizError
+from sdviz.models import EMBEDDED
+from sdviz.sampler import generate
+from sdviz.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
+from sdviz.settings import RunSettings
+from sdviz.trace import Trace
+
+MAX_SWEEP = 10  # guidance scales per sweep: each one is a whole run
+MAX_SCALE = 50.0
+UNGUIDED = 1.0  # g = 1: the prompt's own estimate, no push (the sampler then skips the unconditional pass)
+
+
+# (a) The sweep ---------------------------------------------------------------------------------------------
+
+
+def parse_scales(text: str) -> list[float]:
+    """'1, 3, 7.5' -> [1.0, 3.0, 7.5], checked."""
+    parts = [p for p in re.split(r"[,\s;]+", str(text).strip()) if p]
+    try:
+        scales = [float(p) for p in parts]
+    except ValueError as err:
+        raise SdvizError(f"Guidance scales must be numbers separated by commas, like 1, 3, 7.5 (got {text!r}).") from err
+    if not scales:
+        raise SdvizError("Give at least one guidance scale, like 1, 3, 7.5.")
+    if len(scales) > MAX_SWEEP:
+        raise SdvizError(f"At most {MAX_SWEEP} guidance scales per sweep (each one is a whole run); got {len(scales)}.")
+    bad = [s for s in scales if not math.isfinite(s) or not 0 <= s <= MAX_SCALE]
+    if bad:
+        raise SdvizError(f"Guidance scales must be from 0 to {MAX_SCALE:g} (got {bad}).")
+    return scales
+
+
+def prompt_attributes(prompt: str) -> dict[str, str]:
+    """The toy-world attributes a prompt names, e.g. 'a big red circle on the left' ->
+    {'size': 'big', 'colour': 'red', 'shape': 'circle', 'position': 'left'}."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    found: dict[str, str] = {}
+    for kind, names in (("size", toyworld.SIZES), ("colour", toyworld.COLOURS), ("shape", toyworld.SHAPES),
+                        ("position", toyworld.POSITIONS)):
+        named = [w for w in words if w in names]
+        if named:
+            found[kind] = named[0]
+    return found
+
+
+def _pixel_judge():
+    """The pixel judge (:mod:`sdviz.judge`), or None where it is not available."""
+    try:
+        from sdviz.judge import judge
+    except ImportError:
+        return None
+    return judge
+
+
+def judge_accuracy(image: Image.Image, prompt: str) -> float | None:
+    """The share of the prompt's toy-world attributes the pixel judge sees in the picture (None: can't tell)."""
+    judge, wanted = _pixel_judge(), prompt_attributes(prompt)
+    if judge is None or not wanted:
+        return None
+    verdict = judge(image)
+    if hasattr(verdict, "agrees"):
+        agreement = verdict.agrees(**wanted)
+    else:  # a judge that only names what it sees
+        agreement = {k: _seen(verdict, k) == v for k, v in wanted.items()}
+    return sum(agreement.values()) / len(agreement)
+
+
+def _seen(verdict, attribute: str):
+    return verdict.get(attribute) if isinstance(verdict, dict) else getattr(verdict, attribute, None)
+
+
+def pixel_distance(a: Image.Image, b: Image.Image) -> float:
+    """Root-mean-square difference of two pictures, pixels scaled to 0-1."""
+    x = np.asarray(a.convert("RGB"), dtype=np.float64) / 255
+    y = np.asarray(b.convert("RGB"), dtype=np.float64) / 255
+    return float(np.sqrt(np.mean((x - y) ** 2)))
+
+
+@dataclass
+class SweepPoint:
+    guidance_scale: float
+    image: Image.Image
+    distance: float  # RMS pixel difference from the unguided (g = 1) picture
+    accuracy: float | None  # share of the prompt's attributes the pixel judge finds (None: not measured)
+
+
+@dataclass
+class Sweep:
+    settings: RunSettings  # the base settings; only the guidance scale changes
+    unguided: Image.Image  # the picture at g = 1, what the distances are measured from
+    points: list[SweepPoint]
+
+    @property
+    def judged(self) -> bool:
+        return any(p.accuracy is not None for p in self.points)
+
+
+def guidance_sweep(model, settings: RunSettings, scales: list[float], init_image=None, use_judge: bool | None = None,
+                   on_run: Callable[[int, int], None] | None = None) -> Sweep:
+    """Run the same settings (same seed: same starting noise) at each guidance scale.
+
+    ``use_judge``: None = the pixel judge for the embedded model (trained on the toy world) only.
+    """
+    if use_judge is None:
+        use_judge = model.name == EMBEDDED
+    runs = sorted(set(scales) | {UNGUIDED})
+    images: dict[float, Image.Image] = {}
+    for i, g in enumerate(runs):
+        if on_run is not None:
+            on_run(i, len(runs))
+        effective = g if g > 1 else UNGUIDED  # g <= 1: the sampler runs the prompt alone; the same picture
+        if effective not in images:
+            images[effective] = generate(model, dataclasses.replace(settings, guidance_scale=effective), init_image).image
+        images[g] = images[effective]
+    unguided = images[UNGUIDED]
+    points = [
+        SweepPoint(guidance_scale=g, image=images[g], distance=pixel_distance(images[g], unguided),
+                   accuracy=judge_accuracy(images[g], settings.prompt) if use_judge else None)
+        for g in scales
+    ]
+    return Sweep(settings=settings, unguided=unguided, points=points)
+
+
+def sweep_figure(sweep: Sweep) -> Figure:
+    """The measures against the guidance scale."""
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    scales = [p.guidance_scale for p in sweep.points]
+    ax.plot(scales, [p.distance for p in sweep.points], "o-", color="tab:blue")
+    ax.set_xlabel("guidance scale g")
+    ax.set_ylabel("RMS pixel difference from g = 1", color="tab:blue")
+    if sweep.judged:
+        right = ax.twinx()
+        right.plot(scales, [p.accuracy if p.accuracy is not None else np.nan for p in sweep.points], "s--",
+                   color="tab:green")
+        right.set_ylim(-0.05, 1.05)
+        right.set_ylabel("prompt accuracy (pixel judge)", color="tab:green")
+    ax.set_title(f"same seed ({sweep.settings.seed}), different guidance: \"{sweep.settings.prompt}\"", fontsize=9)
+    return fig
+
+
+def image_grid(images: list[Image.Image], captions: list[str], columns: int | None = None) -> Image.Image:
+    """Pictures side by side with a caption under each: one image for slides."""
+    if not images:
+        raise SdvizError("No pictures to put in a grid.")
+    columns = columns or len(images)
+    w, h = images[0].size
+    caption_h = 16
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * w, rows * (h + caption_h)), "white")
+    pen = ImageDraw.Draw(grid)
+    for i, (img, text) in enumerate(zip(images, captions, strict=True)):
+        x, y = (i % columns) * w, (i // columns) * (h + caption_h)
+        grid.paste(img.convert("RGB").resize((w, h)), (x, y))
+        pen.text((x + 3, y + h + 2), text, fill="black")
+    return grid
+
+
+def describe_sweep(sweep: Sweep) -> str:
+    lines = ["| g | difference from g = 1 | prompt accuracy |", "|---|---|---|"]
+    for p in sweep.points:
+        acc = "-" if p.accuracy is None else f"{p.accuracy:.0%}"
+        lines.append(f"| {p.guidance_scale:g} | {p.distance:.3f} | {acc} |")
+    return (
+        "Every picture starts from the same noise (same seed); only g changes. At g <= 1 there is no guidance "
+        "(the prompt's estimate alone); larger g pushes harder towards the prompt, and eventually too hard "
+        "(over-saturated, distorted pictures).\n\n" + "\n".join(lines)
+    )
+
+
+# (b) The what-if -----------------------------------------------------------------------------------------
+
+
+def trace_scheduler(model, trace: Trace):
+    """A fresh scheduler of the kind the run used (for its noise-level formulas only)."""
+    return make_scheduler(model, trace.scheduler if trace.scheduler in SCHEDULERS else None)
+
+
+def what_if_x0(model, trace: Trace, step: int, guidance_scale: float) -> torch.Tensor:
+    """The clean latents that step ``step`` would have aimed at with another guidance scale, [C, h, w].
+
+    Uses only what the trace stored (the step's unconditional and text estimates): no U-Net call.
+    """
+    if not trace.guidance:
+        raise SdvizError("This run had no classifier-free guidance (g <= 1), so it stored no unconditional "
+                         "estimate to recombine: generate with a guidance scale above 1 first.")
+    if not 0 <= step < len(trace.steps):
+        raise SdvizError(f"Step {step + 1} does not exist: this run has steps 1 to {len(trace.steps)}.")
+    if not math.isfinite(guidance_scale) or not 0 <= guidance_scale <= MAX_SCALE:
+        raise SdvizError(f"The guidance scale must be from 0 to {MAX_SCALE:g} (got {guidance_scale}).")
+    record = trace.steps[step]
+    uncond, text = record.noise_uncond.float(), record.noise_text.float()
+    noise = uncond + guidance_scale * (text - uncond)  # the CFG formula, at the new scale
+    scheduler = trace_scheduler(model, trace)
+    return x0_from_noise(scheduler, record.latents.float(), noise, record.timestep, record.sigma)
+
+
+@dataclass
+class WhatIf:
+    step: int
+    timestep: float
+    recorded_scale: float
+    guidance_scale: float
+    recorded_x0: torch.Tensor  # [C, h, w], what the run itself computed at this step
+    x0: torch.Tensor  # [C, h, w], at the new scale
+    recorded_image: Image.Image
+    image: Image.Image
+
+
+def what_if(model, trace: Trace, step: int, guidance_scale: float) -> WhatIf:
+    """The what-if x0 and the recorded one, both decoded by the VAE."""
+    x0 = what_if_x0(model, trace, step, guidance_scale)
+    recorded = trace.steps[step].pred_x0.float()
+    return WhatIf(
+        step=step, timestep=trace.steps[step].timestep, recorded_scale=trace.settings.guidance_scale,
+        guidance_scale=guidance_scale, recorded_x0=recorded, x0=x0,
+        recorded_image=vae.decode_to_pil(model, recorded), image=vae.decode_to_pil(model, x0),
+    )
+
+
+def describe_what_if(result: WhatIf) -> str:
+    change = float((result.x0 - result.recorded_x0).pow(2).mean().sqrt())
+    return (
+        f"Step {result.step + 1} (t = {result.timestep:.0f}) ran at g = {result.recorded_scale:g}. Recombining its two "
+        f"stored noise estimates at g = {result.guidance_scale:g} moves the predicted clean latents x0 by "
+        f"{change:.3f} (RMS): that is where this one step would have aimed, had the slider been there. "
+        "Early steps (high t) decide the layout, so g matters most there; late steps only polish details."
+    )
+
+
+# (c) Prompt A/B ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Projection:
+    """Latent trajectories flattened and projected onto their two main directions (PCA)."""
+
+    paths: list[np.ndarray]  # per trajectory: [steps + 1, 2]
+    explained: np.ndarray  # share of the variance along each of the 2 directions
+
+
+def trajectory(trace: Trace) -> np.ndarray:
+    """The latents a run passed through: each step's input, then the final latents, [steps + 1, C*h*w]."""
+    points = [s.latents.float() for s in trace.steps] + [trace.final_latents.float()]
+    return torch.stack(points).reshape(len(points), -1).double().numpy()
+
+
+def project_trajectories(traces: list[Trace]) -> Projection:
+    """PCA (with numpy's SVD) of all the latents of all the runs together, so the paths share one map."""
+    paths = [trajectory(t) for t in traces]
+    if len({p.shape[1] for p in paths}) != 1:
+        raise SdvizError("The runs have different latent sizes, so their paths cannot share one map.")
+    stacked = np.concatenate(paths)
+    centre = stacked.mean(axis=0)
+    _, singular, directions = np.linalg.svd(stacked - centre, full_matrices=False)
+    k = min(2, len(singular))
+    variance = singular**2
+    explained = variance[:k] / variance.sum() if variance.sum() > 0 else np.zeros(k)
+    projected = [(p - centre) @ directions[:k].T for p in paths]
+    if k < 2:  # a single point: pad the missing axis
+        projected = [np.pad(p, ((0, 0), (0, 2 - k))) for p in projected]
+        explained = np.pad(explained, (0, 2 - k))
+    return Projection(paths=projected, explained=explained)
+
+
+def trajectories_figure(projection: Projection, labels: list[str]) -> Figure:
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for i, (path, label) in enumerate(zip(projection.paths, labels, strict=True)):
+        c = colours[i % len(colours)]
+        ax.plot(path[:, 0], path[:, 1], "o-", color=c, markersize=3, label=label)
+        ax.plot(*path[-1], "*", color=c, markersize=14)
+    ax.plot(*projection.paths[0][0], "ks", markersize=8, label="shared starting noise")
+    ax.set_xlabel(f"direction 1 ({projection.explained[0]:.0%} of the variance)")
+    ax.set_ylabel(f"direction 2 ({projection.explained[1]:.0%} of the variance)")
+    ax.legend(fontsize=8)
+    ax.set_title("latent trajectories (PCA); star = final latents", fontsize=10)
+    return fig
+
+
+@dataclass
+class PromptAB:
+    a: Trace
+    b: Trace
+    projection: Projection
+
+    @property
+    def divergence(self) -> np.ndarray:
+        """Distance between the two runs' latents at each step (0 at the start: same noise)."""
+        return np.linalg.norm(trajectory(self.a) - trajectory(self.b), axis=1)
+
+
+def prompt_ab(model, settings: RunSettings, prompt_b: str, init_image=None, trace_a: Trace | None = None) -> PromptAB:
+    """Prompt A (``settings.prompt``, or an existing run of it) and prompt B from the same seed and settings."""
+    if trace_a is None:
+        trace_a = generate(model, settings, init_image)
+    trace_b = generate(model, dataclasses.replace(settings, prompt=prompt_b), init_image)
+    return PromptAB(a=trace_a, b=trace_b, projection=project_trajectories([trace_a, trace_b]))
+
+
+def describe_ab(ab: PromptAB) -> str:
+    d = ab.divergence
+    half = int(np.argmax(d >= d[-1] / 2)) if d[-1] > 0 else 0
+    return (
+        f"Both runs start from exactly the same noise (distance {d[0]:.3g}); only the prompt differs. Their latents "
+        f"drift apart as the U-Net follows different text: half of the final distance ({d[-1]:.2f}) is reached "
+        f"after step {half} of {len(d) - 1}. The two main directions of the plot hold "
+        f"{ab.projection.explained.sum():.0%} of the variation of both paths."
+    )

@@ -1,0 +1,237 @@
+"""The Gradio app, driven through its API with gradio_client against a launched server (tiny model)."""
+
+from __future__ import annotations
+
+import io
+import math
+import socket
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+from PIL import Image
+
+from sdviz import ui
+from sdviz.cli import main as cli
+from sdviz.errors import SdvizError
+from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS
+from sdviz.sampler import denoise
+from sdviz.settings import RunSettings, check_settings
+from sdviz.ui import EXAMPLES_DIR, allowed_models, build_demo, launch_kwargs, load_for_app, run_settings
+
+MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+    demo = build_demo([str(tiny_model_dir), MISSING_MODEL])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            **launch_kwargs())
+    client = Client(url, download_files=False, verbose=False, analytics_enabled=False)
+    yield url, client
+    client.close()
+    demo.close()
+    mp.undo()
+
+
+def picture(file_data: dict) -> np.ndarray:
+    """Fetch an image output the way the browser does, by its URL."""
+    response = httpx.get(file_data["url"], timeout=30)
+    response.raise_for_status()
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def is_picture(value) -> bool:
+    return isinstance(value, dict) and bool(value.get("url"))
+
+
+def cli_picture(tmp_path, tiny_model_dir, *args: str) -> np.ndarray:
+    out = tmp_path / "cli"
+    assert cli(["generate", "--model", str(tiny_model_dir), "--out", str(out), *args]) == 0
+    return np.asarray(Image.open(out / "final.png").convert("RGB"))
+
+
+def test_the_api_has_the_two_documented_endpoints(app):
+    _, client = app
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(endpoints) == {"/txt2img", "/img2img"}  # helper events are private
+    params = {name: [(p["parameter_name"], p["parameter_has_default"]) for p in e["parameters"]]
+              for name, e in endpoints.items()}
+    assert [n for n, _ in params["/txt2img"]] == ["prompt", "negative_prompt", "steps", "guidance_scale", "seed",
+                                                  "scheduler"]
+    assert [n for n, _ in params["/img2img"]] == ["image", "prompt", "negative_prompt", "strength", "steps",
+                                                  "guidance_scale", "seed", "scheduler"]
+    for name, ps in params.items():
+        assert all(has for n, has in ps if n not in ("prompt", "image")), name
+        assert not any(has for n, has in ps if n in ("prompt", "image")), name
+
+
+def test_txt2img_streams_steps_and_ends_with_the_same_picture_as_the_cli(app, tiny_model_dir, tmp_path):
+    _, client = app
+    job = client.submit("a red circle", "", 30, 6.0, 7, "euler", api_name="/txt2img")
+    updates = list(job)
+    final = job.result()
+    statuses = [u[1] for u in updates if isinstance(u[1], str)]
+    assert len(updates) >= 3
+    assert any(s.startswith("Step") for s in statuses) and statuses[-1].startswith("Done: 30 steps")
+    assert is_picture(final[0])
+    expected = cli_picture(tmp_path, tiny_model_dir, "--prompt", "a red circle", "--steps", "30", "--guidance-scale",
+                           "6", "--seed", "7", "--scheduler", "euler")
+    assert np.array_equal(picture(final[0]), expected)
+
+
+def test_the_api_defaults_are_the_models_recommended_settings_like_the_cli(app, tiny_model_dir, tmp_path):
+    _, client = app
+    final = client.predict("a blue square", api_name="/txt2img")
+    expected = cli_picture(tmp_path, tiny_model_dir, "--prompt", "a blue square")
+    assert np.array_equal(picture(final[0]), expected)
+
+
+def test_img2img_starts_from_the_picture_and_matches_the_cli(app, tiny_model_dir, tmp_path):
+    _, client = app
+    start = sorted(EXAMPLES_DIR.glob("*.png"))[0]
+    job = client.submit(handle_file(str(start)), "a blue circle", "", 0.5, 8, 5.0, 3, "ddim", api_name="/img2img")
+    updates = list(job)
+    final = job.result()
+    assert len(updates) >= 2 and is_picture(final[0])
+    assert final[1].startswith("Done: 4 steps")  # strength 0.5 of 8 steps
+    expected = cli_picture(tmp_path, tiny_model_dir, "--prompt", "a blue circle", "--init-image", str(start),
+                           "--strength", "0.5", "--steps", "8", "--guidance-scale", "5", "--seed", "3",
+                           "--scheduler", "ddim")
+    assert np.array_equal(picture(final[0]), expected)
+
+
+@pytest.mark.parametrize("bad", [
+    {"guidance_scale": 25.0},  # beyond the slider
+    {"guidance_scale": -1.0},
+    {"steps": 0},
+    {"scheduler": "no-such-scheduler"},
+])
+def test_bad_input_gives_an_error_and_the_app_keeps_answering(app, bad):
+    _, client = app
+    args = {"prompt": "a red circle", "steps": 3, "guidance_scale": 5.0} | bad
+    with pytest.raises(AppError):
+        client.predict(**args, api_name="/txt2img")
+    assert client.predict("a red circle", steps=2, api_name="/txt2img")[1].startswith("Done")
+
+
+def test_img2img_without_a_picture_says_what_to_do(app):
+    _, client = app
+    with pytest.raises(AppError, match="starting picture"):
+        client.predict(None, "a red circle", api_name="/img2img")
+
+
+def test_a_cancelled_run_frees_its_slot(app):
+    _, client = app
+    job = client.submit("a red circle", steps=100, api_name="/txt2img")
+    for _ in job:  # wait for the first live step, then press Stop
+        break
+    job.cancel()
+    assert client.predict("a red circle", steps=2, api_name="/txt2img")[1].startswith("Done")
+    assert job.status().code == Status.CANCELLED
+    assert not any(str(u[1]).startswith("Done") for u in job.outputs())  # the long run never finished
+
+
+def test_the_page_opens(app):
+    url, _ = app
+    page = httpx.get(url, timeout=30)
+    assert page.status_code == 200 and "sdviz" in page.text
+
+
+# --- Without a server ----------------------------------------------------------------------------
+
+def test_page_values_become_run_settings():
+    s = run_settings("a cat", None, 4.0, 5, 7.0, "default", 0.5)
+    assert s == RunSettings(prompt="a cat", negative_prompt="", steps=4, guidance_scale=5.0, seed=7, scheduler=None,
+                            strength=0.5)
+    assert run_settings("", "", 4, 5, 7, "euler").scheduler == "euler"
+    for bad in ({"steps": 2.5}, {"seed": None}, {"guidance_scale": "a lot"}, {"steps": True}):  # caught here
+        args = {"prompt": "x", "negative_prompt": "", "steps": 4, "guidance_scale": 5, "seed": 0,
+                "scheduler": "default"} | bad
+        with pytest.raises(SdvizError):
+            run_settings(**args)
+    for bad in ({"guidance_scale": math.nan}, {"guidance_scale": math.inf}):  # JSON cannot carry these; the
+        # browser cannot make them either, but the core check still stops them
+        args = {"prompt": "x", "negative_prompt": "", "steps": 4, "guidance_scale": 5, "seed": 0,
+                "scheduler": "default"} | bad
+        with pytest.raises(SdvizError, match="Guidance"):
+            check_settings(run_settings(**args))
+
+
+def test_the_model_allow_list_comes_from_the_environment():
+    assert allowed_models({}) == [EMBEDDED, *KNOWN_HUB_MODELS]
+    assert allowed_models({"SDVIZ_MODELS": " embedded, a/b ,"}) == ["embedded", "a/b"]
+
+
+def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
+    with pytest.raises(gr.Error, match="Could not load"):
+        load_for_app(MISSING_MODEL)
+    demo = build_demo([MISSING_MODEL])
+    assert isinstance(demo, gr.Blocks)
+
+
+@pytest.fixture
+def panel_and_states():
+    with gr.Blocks():
+        panel = ui._peek_panel()
+        final = gr.Image()
+        states = (gr.State(), gr.State())
+    return panel, final, states
+
+
+def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, panel_and_states, monkeypatch):
+    computed, closed = [], []
+
+    def watched_denoise(*args, **kwargs):  # the real loop, watched
+        try:
+            for item in denoise(*args, **kwargs):
+                computed.append(item)
+                yield item
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(ui, "denoise", watched_denoise)
+    settings = RunSettings(prompt="a red circle", steps=200, guidance_scale=5.0)
+    event = ui.live_run(*panel_and_states, str(tiny_model_dir), settings)
+    next(event)  # "Starting"
+    first = next(event)  # the first step, on screen
+    panel = panel_and_states[0]
+    assert first[panel.status].startswith("Step **1 / 200**")
+    event.close()  # what Gradio does on Stop or when the tab closes
+    assert closed == [True] and len(computed) == 1
+
+
+def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, panel_and_states):
+    panel, final, (run_state, cache_state) = panel_and_states
+    settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
+    updates = list(ui.live_run(panel, final, (run_state, cache_state), str(tiny_model_dir), settings))
+    live = [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
+    assert live and all(u[panel.latents].count("data:image/png;base64,") == 3 for u in live)
+    assert all(u[panel.noise].count("data:image/png;base64,") == 4 for u in live)
+    trace = updates[-1][run_state]
+    assert [s.index for s in trace.steps] == list(range(6))
+    assert updates[-1][final] is trace.image and updates[-1][cache_state].matches(trace)
+
+
+def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir, panel_and_states):
+    panel = panel_and_states[0]
+    settings = RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0)
+    last = list(ui.live_run(*panel_and_states, str(tiny_model_dir), settings))[-1]
+    assert last[panel.noise].count("data:image/png;base64,") == 2 and "CFG ≤ 1" in last[panel.noise]
+
+
+def test_an_error_in_the_loop_reaches_the_page_as_a_gr_error(tiny_model_dir, panel_and_states):
+    with pytest.raises(gr.Error, match="Unknown scheduler"):
+        list(ui.live_run(*panel_and_states, str(tiny_model_dir), RunSettings(prompt="x", steps=4, scheduler="nope")))
