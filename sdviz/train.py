@@ -48,6 +48,10 @@ class TrainConfig:
     keep_size_word: float = 0.6  # how often the caption names the size
     keep_position_words: float = 0.75  # ... and the position
     min_snr_gamma: float = 5.0
+    high_noise_fraction: float = 0.0  # share of timesteps drawn from the noisier half, where layout is decided
+    # Multi-resolution noise: add coarse (4x4, 2x2, 1x1) noise with these decaying weights. Then even at
+    # t=999 the faint layout left in x_t is hidden, and the U-Net must take "on the left" from the text.
+    pyramid_noise_discount: float = 0.0
     ema_decay: float = 0.999
     warmup_steps: int = 200
     checkpoint_every: int = 500
@@ -173,8 +177,13 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
         captions = [random_caption(rng, data["scenes"][i], cfg) for i in idx.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(device)
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen).to(device)
+        noise = training_noise(latents.shape, gen, cfg.pyramid_noise_discount).to(device)
+        n_train = noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_train, (cfg.unet_batch,), generator=gen)
+        if cfg.high_noise_fraction > 0:
+            noisy_half = torch.rand(cfg.unet_batch, generator=gen) < cfg.high_noise_fraction
+            t = torch.where(noisy_half, n_train // 2 + t // 2, t)
+        t = t.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)  # forward diffusion: x_t from x_0 in one jump
         noise_pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         # Min-SNR weighting: the easy, almost noise-free steps don't drown out the rest.
@@ -198,6 +207,20 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
     return ema["unet"].eval(), ema["text_encoder"].eval()
 
 
+def training_noise(shape, gen: torch.Generator, discount: float) -> torch.Tensor:
+    """Gaussian noise; with ``discount`` > 0, plus coarser noise layers, rescaled to unit variance."""
+    noise = torch.randn(shape, generator=gen)
+    if discount <= 0:
+        return noise
+    weight, total = 1.0, 1.0
+    for side in (4, 2, 1):
+        weight *= discount
+        coarse = torch.randn((*shape[:2], side, side), generator=gen)
+        noise = noise + weight * F.interpolate(coarse, size=shape[-2:], mode="nearest")
+        total += weight**2
+    return noise / total**0.5
+
+
 def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor: float, cfg: TrainConfig, info: dict):
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe = StableDiffusionPipeline(
@@ -216,10 +239,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/train"), help="checkpoints go here")
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR, help="where the pipeline is saved")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --workdir")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one TrainConfig setting, e.g. --set unet_steps=3000")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in TrainConfig.__dataclass_fields__ or name == "recommended":
+            parser.error(f"unknown setting {name!r}")
+        cfg = dataclasses.replace(cfg, **{name: type(getattr(cfg, name))(value)})
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(args.threads or cfg.threads)
     device = torch.device(args.device)
