@@ -4,7 +4,8 @@ Two stages, as in the real thing:
 1. the VAE learns to squeeze toy pictures into 8x8x4 latents and back (reconstruction + a little KL);
 2. the U-Net and the CLIP text encoder learn to predict the noise that was added to those latents,
    given the caption (10% of captions are dropped to "", so the same model also learns the
-   unconditional prediction that classifier-free guidance needs).
+   unconditional prediction that classifier-free guidance needs);
+3. a layout stage continues stage 2 with coarse "pyramid" noise, so that position words are learned.
 
 Settings sit at the top; ``--preset micro`` runs a few steps of everything in seconds (used by the tests).
 Checkpoints are written every ``checkpoint_every`` steps to ``--workdir``; ``--resume`` continues from them.
@@ -48,10 +49,14 @@ class TrainConfig:
     keep_size_word: float = 0.6  # how often the caption names the size
     keep_position_words: float = 0.75  # ... and the position
     min_snr_gamma: float = 5.0
-    high_noise_fraction: float = 0.0  # share of timesteps drawn from the noisier half, where layout is decided
-    # Multi-resolution noise: add coarse (4x4, 2x2, 1x1) noise with these decaying weights. Then even at
-    # t=999 the faint layout left in x_t is hidden, and the U-Net must take "on the left" from the text.
-    pyramid_noise_discount: float = 0.0
+    # stage 3: layout. Plain training learns colour and shape but not position words: even at t=999,
+    # SD's schedule leaves a faint layout in x_t, and the U-Net learns to copy it from the noise instead of
+    # reading "on the left". More steps continue the U-Net and text encoder with coarse "pyramid" noise
+    # (4x4, 2x2, 1x1 layers, decaying weights) that hides that faint layout, and more noisy timesteps.
+    layout_steps: int = 2500
+    layout_lr: float = 1e-3
+    pyramid_noise_discount: float = 0.6
+    high_noise_fraction: float = 0.3  # share of timesteps drawn from the noisier half, where layout is decided
     ema_decay: float = 0.999
     warmup_steps: int = 200
     checkpoint_every: int = 500
@@ -63,7 +68,7 @@ class TrainConfig:
 
 PRESETS = {
     "full": TrainConfig(),
-    "micro": TrainConfig(vae_steps=2, vae_batch=4, dataset_size=16, unet_steps=2, unet_batch=4,
+    "micro": TrainConfig(vae_steps=2, vae_batch=4, dataset_size=16, unet_steps=2, layout_steps=1, unet_batch=4,
                          warmup_steps=1, checkpoint_every=1),
 }
 
@@ -164,23 +169,27 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
         ema["text_encoder"].load_state_dict(state["ema_text_encoder"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
-    rng = random.Random(cfg.seed * 1000 + 7 + start)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + start)
+    total = cfg.unet_steps + cfg.layout_steps
     n, scale = len(data["scenes"]), data["scaling_factor"]
-    bar = tqdm(range(start, cfg.unet_steps), desc="U-Net", initial=start, total=cfg.unet_steps)
+    bar = tqdm(range(start, total), desc="U-Net", initial=start, total=total)
     for step in bar:
+        if step == start or step == cfg.unet_steps:  # random streams are seeded per resume point and stage
+            rng = random.Random(cfg.seed * 1000 + 7 + step)
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + step)
+        layout = step >= cfg.unet_steps
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+            group["lr"] = (lr_at(step, total, cfg.layout_lr, cfg.warmup_steps) if layout
+                           else lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps))
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         mean, std = data["mean"][idx], data["std"][idx]
         latents = (mean + std * torch.randn(mean.shape, generator=gen)).to(device) * scale
         captions = [random_caption(rng, data["scenes"][i], cfg) for i in idx.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(device)
-        noise = training_noise(latents.shape, gen, cfg.pyramid_noise_discount).to(device)
+        noise = training_noise(latents.shape, gen, cfg.pyramid_noise_discount if layout else 0.0).to(device)
         n_train = noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, n_train, (cfg.unet_batch,), generator=gen)
-        if cfg.high_noise_fraction > 0:
+        if layout and cfg.high_noise_fraction > 0:
             noisy_half = torch.rand(cfg.unet_batch, generator=gen) < cfg.high_noise_fraction
             t = torch.where(noisy_half, n_train // 2 + t // 2, t)
         t = t.to(device)
@@ -200,7 +209,7 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
                 for p_ema, p in zip(ema[name].parameters(), model.parameters(), strict=True):
                     p_ema.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             save_checkpoint(ckpt, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
                             ema_unet=ema["unet"].state_dict(), ema_text_encoder=ema["text_encoder"].state_dict(),
                             opt=opt.state_dict(), step=step + 1)

@@ -64,7 +64,7 @@ def test_resume_continues_from_the_checkpoints_instead_of_restarting(tmp_path, m
     monkeypatch.setattr(train, "lr_at", spy_lr_at)
 
     # A first run that stops after one step of each stage, as if interrupted ...
-    monkeypatch.setitem(train.PRESETS, "micro", dataclasses.replace(micro, vae_steps=1, unet_steps=1))
+    monkeypatch.setitem(train.PRESETS, "micro", dataclasses.replace(micro, vae_steps=1, unet_steps=1, layout_steps=0))
     run_micro(workdir, out)
     assert steps_run == [(0, 1), (0, 1)]
     assert torch.load(workdir / "unet.ckpt", weights_only=False)["step"] == 1
@@ -74,9 +74,10 @@ def test_resume_continues_from_the_checkpoints_instead_of_restarting(tmp_path, m
     steps_run.clear()
     monkeypatch.setitem(train.PRESETS, "micro", micro)
     run_micro(workdir, out, "--resume")
-    assert steps_run == [(1, micro.vae_steps), (1, micro.unet_steps)]
+    total = micro.unet_steps + micro.layout_steps  # the layout stage continues the U-Net's step count
+    assert steps_run == [(1, micro.vae_steps), (1, micro.unet_steps), (2, total)]
     assert torch.load(workdir / "vae.ckpt", weights_only=False)["step"] == micro.vae_steps
-    assert torch.load(workdir / "unet.ckpt", weights_only=False)["step"] == micro.unet_steps
+    assert torch.load(workdir / "unet.ckpt", weights_only=False)["step"] == total
     assert (workdir / "latents.pt").stat().st_mtime_ns == latents_written  # the encoded dataset is reused
     assert (out / "model_index.json").exists()
 
