@@ -15,6 +15,7 @@ from sdviz.errors import SdvizError
 MAX_STEPS = 500
 MIN_SIDE, MAX_SIDE = 8, 2048
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed accepts
+MAX_INIT_PIXELS = 50_000_000  # larger init images are refused before decoding (a small PNG can hold a huge one)
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,18 @@ def load_init_image(source: str | Path | Image.Image | np.ndarray, width: int, h
         elif isinstance(source, np.ndarray):
             img = Image.fromarray(_to_uint8(source))
         else:
-            img = Image.open(source)
-            img.load()
+            img = Image.open(source)  # reads the header only: the size is known before decoding
     except (OSError, UnidentifiedImageError, ValueError, TypeError) as err:
         raise SdvizError(f"Could not read the init image ({err}); use a PNG, JPEG or WebP picture.") from err
+    except Image.DecompressionBombError as err:
+        raise SdvizError(f"The init image is far too large ({err}).") from err
     if img.width < 1 or img.height < 1:
         raise SdvizError("The init image is empty.")
+    _check_pixels(img)
+    try:
+        img.load()
+    except (OSError, ValueError) as err:
+        raise SdvizError(f"Could not read the init image ({err}); use a PNG, JPEG or WebP picture.") from err
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits before converting
         img = Image.fromarray(_to_uint8(np.asarray(img)))
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -96,6 +103,14 @@ def load_init_image(source: str | Path | Image.Image | np.ndarray, width: int, h
     left, top = (img.width - cw) // 2, (img.height - ch) // 2
     img = img.crop((left, top, left + cw, top + ch))
     return img.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _check_pixels(img: Image.Image) -> None:
+    if img.width * img.height > MAX_INIT_PIXELS:
+        raise SdvizError(
+            f"The init image is {img.width}x{img.height} pixels ({img.width * img.height / 1e6:.0f} megapixels); "
+            f"the most sdviz takes is {MAX_INIT_PIXELS // 1_000_000} megapixels: shrink it first."
+        )
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,36 +35,38 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from sdviz import render, toyworld
+from sdviz import hosting, render, toyworld, vae
 from sdviz.errors import SdvizError
-from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS, Model, load_model
+from sdviz.hosting import allowed_models  # noqa: F401  (the allow-list, re-exported for app.py and tests)
+from sdviz.models import EMBEDDED, Model, load_model
 from sdviz.sampler import denoise
 from sdviz.schedulers import SCHEDULERS, scheduler_name
-from sdviz.settings import MAX_STEPS, RunSettings, check_settings
+from sdviz.sessions import DONE, FAILED, RUNNING, STOPPED, PanelRun, SessionRuns
+from sdviz.settings import MAX_INIT_PIXELS, MAX_SEED, MAX_STEPS, RunSettings, check_settings
+from sdviz.text import tokenize
 from sdviz.trace import StepRecord, Trace
 
-MODELS_ENV = "SDVIZ_MODELS"  # comma-separated allow-list of models; the first is the default
-CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"  # runs at once (default: 1 on a CPU, 2 on a GPU)
-QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"  # waiting requests before "queue full" (default 64)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
 DEFAULT_SCHEDULER = "default"  # the dropdown/API value for "the model's own scheduler"
 UI_MAX_STEPS = min(100, MAX_STEPS)
-UI_MAX_SEED = 2**32 - 1  # what the seed box and the dice accept (the CLI takes larger ones too)
-STATE_TTL_S = 1800  # a session's latest trace and its cached decodes live 30 min after the last run
+UI_MAX_SEED = 2**32 - 1  # what the dice makes (typed seeds may go up to MAX_SEED, like the CLI's)
+MAX_PROMPT_CHARS = 2000  # far beyond what the text encoder reads (77 tokens); longer text is refused
+STATE_TTL_S = 1800  # a session's latest run lives 30 min after its last use (and goes when the tab closes)
 LIVE_BUDGET = 0.1  # live updates may hold the loop up for at most this share of a run's time
+SETTLE_WAIT_S = 30  # after Stop: how long the follow-up waits for the loop to finish its current step
 GENERATE_CONCURRENCY_ID = "generate"  # text to image and image to image share one pool of slots
 PEEK_CONCURRENCY_ID = "peek"  # scrubbing and full decodes: cheap, but they use the VAE
+PEEK_CONCURRENCY = 4
+UNREADABLE_PICTURE = "Could not read the starting picture: upload a PNG, JPEG or WebP image."
 
 
 # --- Settings from the page (or the API) -----------------------------------------------------------
 
-def allowed_models(env: dict | None = None) -> list[str]:
-    """The models the dropdown offers: ``$SDVIZ_MODELS`` (comma-separated) or the embedded model and
-    the hub checkpoints sdviz knows. Nothing else can be chosen from the page or the API."""
-    env = os.environ if env is None else env
-    listed = [m.strip() for m in env.get(MODELS_ENV, "").split(",") if m.strip()]
-    return listed or [EMBEDDED, *KNOWN_HUB_MODELS]
+def student_error(message: SdvizError | str) -> gr.Error:
+    """A message for the student, shown on the page and returned by the API (not a crash: no traceback in the
+    server log)."""
+    return gr.Error(str(message), print_exception=False)
 
 
 def model_label(name: str) -> str:
@@ -79,16 +81,28 @@ def scheduler_choices(model: Model | None) -> list[tuple[str, str]]:
 
 
 def run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, strength=0.8) -> RunSettings:
-    """The page's values as :class:`RunSettings` (width and height: the model's own, like the CLI)."""
+    """The page's values as :class:`RunSettings` (width and height: the model's own, like the CLI).
+    Raises :class:`SdvizError` for values that are not even the right kind (the ranges are checked by
+    :func:`sdviz.settings.check_settings`)."""
     return RunSettings(
-        prompt="" if prompt is None else prompt,
-        negative_prompt="" if negative_prompt is None else negative_prompt,
+        prompt=_text(prompt, "The prompt"),
+        negative_prompt=_text(negative_prompt, "The negative prompt"),
         steps=_whole(steps, "Steps"),
         guidance_scale=_number(guidance_scale, "Guidance scale (CFG)"),
-        seed=_whole(seed, "Seed"),
+        seed=_seed(seed),
         scheduler=None if scheduler in (None, "", DEFAULT_SCHEDULER) else scheduler,
         strength=_number(strength, "Strength"),
     )
+
+
+def _text(value, what: str) -> str:
+    text = "" if value is None else value
+    if not isinstance(text, str):
+        raise SdvizError(f"{what} must be text (got {type(value).__name__}).")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SdvizError(f"{what} is {len(text)} characters long; the text encoder reads only its first 77 tokens "
+                         f"(about 60 words): shorten it to at most {MAX_PROMPT_CHARS} characters.")
+    return text
 
 
 def _whole(value, what: str) -> int:
@@ -99,20 +113,112 @@ def _whole(value, what: str) -> int:
     raise SdvizError(f"{what} must be a whole number (got {value!r}).")
 
 
+def _seed(value) -> int:
+    if value is None or value == "":
+        raise SdvizError(f"The seed is empty: type a whole number from 0 to {UI_MAX_SEED}, or press Random seed.")
+    seed = _whole(value, "The seed")
+    if seed < 0:
+        raise SdvizError(f"The seed must be 0 or more (got {seed}): type another whole number, or press Random seed.")
+    if seed > MAX_SEED:
+        raise SdvizError(f"The seed {seed} is too large: the largest is {MAX_SEED} (or press Random seed).")
+    return seed
+
+
 def _number(value, what: str) -> float:
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         return float(value)
     raise SdvizError(f"{what} must be a number (got {value!r}).")
 
 
+def prompt_notes(model: Model, settings: RunSettings) -> tuple[str, list[str]]:
+    """What to tell the student about the prompts before the run: a note for the status line (empty prompt:
+    unconditional generation) and warnings naming the words a too-long prompt loses."""
+    note = ("Empty prompt: **unconditional generation** (the model draws without any text to follow). "
+            if not settings.prompt.strip() else "")
+    warnings = []
+    for what, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
+        dropped = tokenize(model.tokenizer, text).dropped_words if text else []
+        if dropped:
+            shown = " ".join(dropped[:40]) + (f" … ({len(dropped) - 40} more)" if len(dropped) > 40 else "")
+            warnings.append(f"The {what} is longer than the {model.tokenizer.model_max_length} tokens the text "
+                            f"encoder reads, so it was cut. Dropped ({len(dropped)} words): {shown}")
+    return note, warnings
+
+
+@contextmanager
+def _no_stub_file():
+    """Gradio writes a .pyi stub next to the module of every new component class, at import; a Space's app folder
+    is no place to write into, and the class below adds no events to stub."""
+    import gradio.component_meta as meta
+
+    write_stub = meta.create_or_modify_pyi
+    meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        meta.create_or_modify_pyi = write_stub
+
+
+with _no_stub_file():
+    class PictureUpload(gr.Image):
+        """Gradio's image input (the same widget on the page), whose unreadable uploads give a message the
+        student can act on: Gradio's own check raises a bare error that a public app must not show."""
+
+        is_template = True  # the page draws it with the parent's (gr.Image's) widget
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except gr.Error:
+                raise
+            except Image.DecompressionBombError as err:
+                raise student_error(f"The starting picture has too many pixels; the most this app takes is "
+                                    f"{MAX_INIT_PIXELS // 1_000_000} megapixels: shrink it first.") from err
+            except Exception as err:  # PIL raises several kinds for files that are not pictures
+                raise student_error(UNREADABLE_PICTURE) from err
+
+
 def load_for_app(name: str) -> Model:
-    """Load an allow-listed model (cached) and warm its preview colours; bad ones give a gr.Error."""
+    """Load a model (cached) and warm its preview colours; bad ones give a gr.Error. The callers decide which
+    names are allowed (:func:`sdviz.hosting.check_allowed`)."""
     try:
         model = load_model(name)
     except SdvizError as err:
-        raise gr.Error(str(err)) from err
-    render.prepare(model)
+        raise student_error(err) from err
+    _prepare_previews(model)
     return model
+
+
+def _prepare_previews(model: Model) -> None:
+    if not hosting.zero_gpu():
+        render.prepare(model)
+    elif "rgb_map" not in model.derived:  # fitting uses the VAE: on ZeroGPU only a GPU worker may; keep its result
+        model.derived["rgb_map"] = _fit_preview_colours(model.name)
+
+
+@hosting.gpu(duration=30)
+def _fit_preview_colours(model_name: str):
+    model = load_model(model_name)
+    render.prepare(model)
+    return model.derived["rgb_map"]
+
+
+def run_loop(model_name: str, settings: RunSettings, init_image=None) -> Iterator[StepRecord | Trace]:
+    """The one denoising loop (:func:`sdviz.sampler.denoise`) for one run of the app. On ZeroGPU it runs in a
+    GPU worker (:data:`_run_loop_on_gpu`), which passes on only gr.Error messages: hence the translation here."""
+    try:
+        yield from denoise(load_model(model_name), settings, init_image)
+    except SdvizError as err:
+        raise student_error(err) from err
+
+
+_run_loop_on_gpu = hosting.gpu(run_loop, duration=hosting.loop_seconds)
+
+
+@hosting.gpu(duration=20)
+def _decode_pair(model_name: str, x_t, x0) -> tuple[Image.Image, Image.Image]:
+    model = load_model(model_name)
+    return vae.decode_to_pil(model, x_t), vae.decode_to_pil(model, x0)
 
 
 # --- The page --------------------------------------------------------------------------------------
@@ -225,12 +331,13 @@ def _generate_controls(defaults: RunSettings, model: Model | None, img2img: bool
     negative = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from (with CFG > 1)",
                           elem_id=f"{prefix}-negative")
     with gr.Row():
-        steps = gr.Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, precision=0, label="Steps",
+        # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why.
+        steps = gr.Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
                           info="How many times the U-Net is asked", elem_id=f"{prefix}-steps")
         guidance = gr.Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale", info=CFG_INFO,
                              elem_id=f"{prefix}-cfg")
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=defaults.seed, precision=0, minimum=0, maximum=UI_MAX_SEED, label="Seed",
+        seed = gr.Number(value=defaults.seed, step=1, label="Seed",
                          info="Same seed + same settings = same picture", elem_id=f"{prefix}-seed", scale=3)
         dice = gr.Button("Random seed", size="md", scale=1, min_width=100)
         scheduler = gr.Dropdown(scheduler_choices(model), value=DEFAULT_SCHEDULER, label="Scheduler",
@@ -320,89 +427,119 @@ def _expected_steps(settings: RunSettings, img2img: bool) -> int:
     return min(int(settings.steps * settings.strength), settings.steps) if img2img else settings.steps
 
 
-def live_run(panel: PeekPanel, final: gr.Image, states: tuple[gr.State, gr.State], model_name: str,
-             settings: RunSettings, init_image=None) -> Iterator[dict]:
+def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name: str, settings: RunSettings,
+             init_image=None, run: PanelRun | None = None) -> Iterator[dict]:
     """The generate event: run the loop, showing its steps in the panel as they are computed, then the
-    final picture and the trace (into ``states``: the session's latest run and a decode cache for it).
+    final picture and the trace (into ``run_state``, the session's latest finished run).
+
+    ``run`` is the session's :class:`PanelRun` (made here when not given): the loop appends every step to it,
+    so follow-up events and the step slider see the same run as the pictures, also after a Stop.
 
     Each live update makes the loop wait while the page's pictures are made and sent (Gradio asks for
     the next step only after that). So a step is shown when the waiting so far stays within
     ``LIVE_BUDGET`` of the run's time: on a slow model every step, on a fast one the newest step a few
-    times a second. Closing this generator (Stop, or the tab closing) ends the loop at that step.
+    times a second. The loop ends at the step it is on when this generator is closed (Gradio's cancel,
+    or the tab closing) or when ``run.stop_requested`` is set (the Stop button): then the last update
+    shows the stopped run.
     """
     img2img = init_image is not None
     try:
         check_settings(settings, img2img=img2img)
     except SdvizError as err:
-        raise gr.Error(str(err)) from err
+        raise student_error(err) from err
     model = load_for_app(model_name)
+    note, warnings = prompt_notes(model, settings)
+    for warning in warnings:
+        gr.Warning(warning)
     expected = _expected_steps(settings, img2img)
+    run = run if run is not None else PanelRun(model=model.name, expected_steps=expected)
     yield {
         final: None, panel.x_t_decode: None, panel.x0_decode: None, panel.animation: None,
-        panel.status: f"Starting: {expected} steps on **{model_label(model.name)}**…",
+        panel.status: f"{note}Starting: {expected} steps on **{model_label(model.name)}**…",
         panel.step: gr.Slider(minimum=1, maximum=max(expected, 2), value=1, interactive=False),
     }
     started = time.perf_counter()
     waited = 0.0  # seconds the loop has spent waiting for live updates
     plot_cost = 0.2  # what the next live plot may cost (drawn here, encoded by Gradio); measured as we go
-    records: list[StepRecord] = []
-    trace = None
-    steps = denoise(model, settings, init_image)
+    steps = _run_loop_on_gpu(model_name, settings, init_image)
     try:
         for item in steps:
             if isinstance(item, Trace):
-                trace = item
+                run.finish(item)
                 break
-            records.append(item)
+            run.steps.append(item)
+            if run.stop_requested.is_set():
+                break  # Stop: the loop ends at this step
             update_started = time.perf_counter()
             if item.index > 0 and waited > LIVE_BUDGET * (update_started - started):
-                continue  # keep the loop going; the trace keeps this step for scrubbing
-            total = max(expected, len(records))
+                continue  # keep the loop going; the run keeps this step for scrubbing
+            total = max(expected, len(run.steps))
             values = _frame_values(panel, model, item, total)
             values[panel.step] = gr.Slider(maximum=max(total, 2), value=item.index + 1)
-            values[panel.status] = (f"Step **{item.index + 1} / {total}** (t = {item.timestep:.0f}), "
+            values[panel.status] = (f"{note}Step **{item.index + 1} / {total}** (t = {item.timestep:.0f}), "
                                     f"{update_started - started:.1f} s. Live previews use approximate colours.")
             if waited + plot_cost <= LIVE_BUDGET * (update_started - started):
                 plot_started = time.perf_counter()
-                values[panel.plot] = render.schedule_figure(records, item.index, total)
+                values[panel.plot] = render.schedule_figure(run.steps, item.index, total)
                 plot_cost = 2 * (time.perf_counter() - plot_started)
             yield values
             waited += time.perf_counter() - update_started
-    except SdvizError as err:
-        raise gr.Error(str(err)) from err
+    except GeneratorExit:
+        raise  # closed by Gradio (Stop, or the tab closed): the finally below records it
+    except Exception as err:
+        run.end(FAILED, err.message if isinstance(err, gr.Error) else "an unexpected error")
+        raise
     finally:
-        steps.close()  # on Stop: ends the loop here
-    if trace is None:
+        steps.close()  # ends the loop here (it may be mid-run)
+        run.end(STOPPED)  # unless it already ended as DONE or FAILED
+    if run.outcome == STOPPED:
+        yield _stopped_view(panel, model, run)
         return
+    trace = run.trace
     last = trace.steps[-1]
     values = _frame_values(panel, model, last, len(trace.steps))
     values.update({
         final: trace.image,
         panel.step: gr.Slider(maximum=max(len(trace.steps), 2), value=len(trace.steps), interactive=True),
-        panel.status: (f"Done: {len(trace.steps)} steps in {trace.seconds:.2f} s ({trace.scheduler}, "
+        panel.status: (f"{note}Done: {len(trace.steps)} steps in {trace.seconds:.2f} s ({trace.scheduler}, "
                        f"CFG {'on' if trace.guidance else 'off'}). Move the step slider to look at any step."),
     })
-    run_state, cache_state = states
-    yield values | {run_state: trace, cache_state: render.DecodeCache(trace)}
+    yield values | {run_state: trace}
 
 
-def _trace_or_error(run: Trace | None) -> Trace:
-    if not isinstance(run, Trace):
-        raise gr.Error("There is no finished run in this session yet (or it expired): press Generate first.")
-    return run
+def _stopped_view(panel: PeekPanel, model: Model, run: PanelRun) -> dict:
+    """The panel after Stop: the step the run stopped at, and a slider over the steps it computed."""
+    n = len(run.steps)
+    if n == 0:
+        return {panel.status: "Stopped before the first step.",
+                panel.step: gr.Slider(maximum=2, value=1, interactive=False)}
+    values = _frame_values(panel, model, run.steps[-1], n)
+    values[panel.status] = (f"Stopped at step **{n} / {run.expected_steps}** (no final picture). Move the slider "
+                            f"to look at the {n} step{'s' if n > 1 else ''} computed.")
+    values[panel.step] = gr.Slider(maximum=max(n, 2), value=n, interactive=n > 1)
+    values[panel.plot] = render.schedule_figure(run.steps, n - 1, run.expected_steps)
+    return values
 
 
-def _decodes(panel: PeekPanel, model: Model, cache: render.DecodeCache, index: int) -> dict:
-    return {
-        panel.x_t_decode: cache.get(model, index, "x_t"),
-        panel.x0_decode: cache.get(model, index, "x0"),
-    }
+def _step_decodes(panel: PeekPanel, model: Model, run: PanelRun, index: int) -> dict:
+    """Full VAE decodes of one step: cached per run; on ZeroGPU made in a GPU worker (which cannot fill a cache
+    of this process)."""
+    if hosting.zero_gpu():
+        record = run.steps[index]
+        x_t, x0 = _decode_pair(model.name, record.latents, record.pred_x0)
+    else:
+        x_t, x0 = run.decodes.get(model, index, "x_t"), run.decodes.get(model, index, "x0")
+    return {panel.x_t_decode: x_t, panel.x0_decode: x0}
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
 
 
 def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | None = None,
-               queue_size: int | None = None) -> gr.Blocks:
-    """The sdviz app (not launched). ``models``: the allow-list for the dropdown, the first is the default
-    (by default :func:`allowed_models`)."""
+               queue_size: int | None = None, max_sessions: int | None = None) -> gr.Blocks:
+    """The sdviz app (not launched). ``models``: the allow-list, the first is the default (by default
+    :func:`sdviz.hosting.allowed_models`). The limits default to :func:`sdviz.hosting.capacity` (environment)."""
     models = [str(m) for m in (models or allowed_models())]
     try:
         model = load_for_app(models[0])
@@ -412,11 +549,13 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
     except gr.Error as err:  # the app still opens; the message says what went wrong
         model, defaults = None, RunSettings()
         model_note = f"⚠️ {err.message}"
-    if concurrency_limit is None:
-        concurrency_limit = int(os.environ.get(CONCURRENCY_ENV, 0)) or (
-            2 if model is not None and model.device.type == "cuda" else 1)
-    if queue_size is None:
-        queue_size = int(os.environ.get(QUEUE_SIZE_ENV, 64))
+    try:
+        limits = hosting.capacity(model.device if model is not None else None)
+    except SdvizError as err:
+        raise SystemExit(f"sdviz: {err}") from err
+    concurrency_limit = concurrency_limit or limits.concurrency
+    queue_size = queue_size or limits.queue_size
+    runs = SessionRuns(max_sessions=max_sessions or limits.max_sessions, ttl_s=STATE_TTL_S)
 
     with gr.Blocks(title="sdviz: peek inside Stable Diffusion", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step\n"
@@ -428,9 +567,8 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                                        elem_id="model", scale=2)
             model_info = gr.Markdown(model_note, elem_id="model-info")
         model_state = gr.State(models[0])  # the model that loaded; the generate events use this one
-        # The session's latest finished run, for the peek panel and the teaching tabs.
+        # The session's latest finished run, for the teaching tabs (the panel's own run is in `runs`).
         run_state = gr.State(None, time_to_live=STATE_TTL_S)
-        cache_state = gr.State(None, time_to_live=STATE_TTL_S)  # full VAE decodes of that run
 
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Text to image", id="txt2img"):
@@ -443,8 +581,10 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
             with gr.Tab("Image to image", id="img2img"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        init_image = gr.Image(label="Start from this picture", type="filepath",
-                                              sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
+                        # image_mode=None: the file as uploaded; sdviz.settings.load_init_image converts RGBA,
+                        # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
+                        init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
+                                                   sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
                         strength = gr.Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
                                              info="How much noise to add to it first: 1 = keep almost nothing",
                                              elem_id="img2img-strength")
@@ -461,59 +601,91 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         panel = _peek_panel()
 
         # --- Events ---------------------------------------------------------------------------------
-        def txt2img(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, model_name):
+        def start(request: gr.Request | None, model_name: str, settings: RunSettings, img2img: bool) -> PanelRun:
+            return runs.start(_session(request), model_name, _expected_steps(settings, img2img))
+
+        def txt2img(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, model_name,
+                    request: gr.Request = None):
             try:
                 settings = run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler)
+                check_settings(settings)
             except SdvizError as err:
-                raise gr.Error(str(err)) from err
-            yield from live_run(panel, txt.final, (run_state, cache_state), model_name, settings)
+                raise student_error(err) from err
+            run = start(request, model_name, settings, img2img=False)
+            yield from live_run(panel, txt.final, run_state, model_name, settings, run=run)
 
-        def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, scheduler, model_name):
+        def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, scheduler, model_name,
+                    request: gr.Request = None):
             if image is None:
-                raise gr.Error("Image to image needs a starting picture: upload one or pick an example.")
+                raise student_error("Image to image needs a starting picture: upload one or pick an example.")
             try:
                 settings = run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, strength)
+                check_settings(settings, img2img=True)
             except SdvizError as err:
-                raise gr.Error(str(err)) from err
-            yield from live_run(panel, img.final, (run_state, cache_state), model_name, settings, init_image=image)
+                raise student_error(err) from err
+            run = start(request, model_name, settings, img2img=True)
+            yield from live_run(panel, img.final, run_state, model_name, settings, init_image=image, run=run)
 
-        def finish(run, cache):
-            """After a run: full decodes of the last step and the animation (the final picture is out)."""
-            trace = _trace_or_error(run)
-            model = load_for_app(trace.model)
-            cache = cache if isinstance(cache, render.DecodeCache) and cache.matches(trace) else render.DecodeCache(trace)
-            gif = Image.open(io.BytesIO(render.run_animation(model, trace)))
-            last = len(trace.steps) - 1
-            return {**_decodes(panel, model, cache, last), panel.animation: gif, cache_state: cache,
-                    panel.plot: render.schedule_figure(trace.steps, last, len(trace.steps))}
+        def request_stop(request: gr.Request = None):
+            """The Stop button: the loop ends after the step it is on (Gradio's cancel also closes the event)."""
+            run = runs.latest(_session(request))
+            if run is not None:
+                run.stop_requested.set()
 
-        def show_step(step, run, cache):
-            """Scrubbing: everything the panel shows for the chosen step, with full decodes."""
-            trace = _trace_or_error(run)
-            model = load_for_app(trace.model)
-            cache = cache if isinstance(cache, render.DecodeCache) and cache.matches(trace) else render.DecodeCache(trace)
-            index = min(max(_whole(step, "Step") - 1, 0), len(trace.steps) - 1)
-            record = trace.steps[index]
-            values = _frame_values(panel, model, record, len(trace.steps))
-            values.update(_decodes(panel, model, cache, index))
-            values[panel.plot] = render.schedule_figure(trace.steps, index, len(trace.steps))
-            values[panel.status] = f"Showing step **{index + 1} / {len(trace.steps)}** of the last run."
-            values[cache_state] = cache
-            return values
+        def settle(request: gr.Request = None):
+            """After a generate event ended (finished, stopped or failed): bring the panel to the run's end state.
+            Finished: full decodes of the last step, the animation, the final plot. Stopped: the step it stopped
+            at and a slider over the steps computed (the event's own last update may have been cut off by the
+            cancel, or arrive after a Stop message). Does nothing when a newer run is already going."""
+            session = _session(request)
+            run = runs.latest(session)
+            if run is None:
+                return {}
+            if run.outcome == RUNNING and run.stop_requested.is_set():
+                run.ended.wait(SETTLE_WAIT_S)  # the step in progress finishes first
+            if not run.ended.is_set():
+                return {}  # a new run is going: it updates the panel itself
+            if run.outcome == FAILED:
+                return {panel.status: f"The run failed: {run.error}"} if runs.is_latest(session, run) else {}
+            if not run.steps:
+                return {panel.status: "Stopped before the first step."}
+            model = load_for_app(run.model)
+            last = len(run.steps) - 1
+            values = _step_decodes(panel, model, run, last)
+            if run.outcome == DONE:
+                values[panel.animation] = Image.open(io.BytesIO(render.run_animation(model, run.trace)))
+                values[panel.plot] = render.schedule_figure(run.steps, last, len(run.steps))
+            else:
+                values.update(_stopped_view(panel, model, run))
+            return values if runs.is_latest(session, run) else {}
 
-        def stopped(run):
-            done = isinstance(run, Trace)
-            n = len(run.steps) if done else 2
-            return {
-                panel.status: "Stopped. " + ("Move the slider to look at the last finished run." if done else ""),
-                panel.step: gr.Slider(maximum=max(n, 2), value=n, interactive=done),
-            }
+        def show_step(step, request: gr.Request = None):
+            """Scrubbing: everything the panel shows for the chosen step of the session's latest run."""
+            session = _session(request)
+            run = runs.latest(session)
+            if run is not None and not run.ended.is_set():
+                return {}  # a run is going: the slider follows it
+            if run is None or not run.steps:
+                raise student_error("There is no run to look at in this session yet (or it expired): press Generate.")
+            model = load_for_app(run.model)
+            n = len(run.steps)
+            index = min(max(_whole(step, "Step") - 1, 0), n - 1)
+            values = _frame_values(panel, model, run.steps[index], n)
+            values.update(_step_decodes(panel, model, run, index))
+            values[panel.plot] = render.schedule_figure(run.steps, index, n)
+            what = "the last run" if run.outcome == DONE else "the stopped run"
+            values[panel.status] = f"Showing step **{index + 1} / {n}** of {what}."
+            return values if runs.is_latest(session, run) else {}
 
         def choose_model(name, current):
             """The dropdown changed: load the model and use its recommended settings. A model that fails
             keeps the previous one in use (and the dropdown goes back to it)."""
             if name == current:  # e.g. the dropdown going back after a failure
                 return {model_state: current}
+            try:
+                hosting.check_allowed(name, models)  # Gradio checks the choices too; never load anything else
+            except SdvizError as err:
+                raise student_error(err) from err
             model = load_for_app(name)
             rec = model.recommended
             updates = {model_state: name, model_info: _model_note(model),
@@ -524,7 +696,20 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                 updates[controls.scheduler] = gr.Dropdown(choices=scheduler_choices(model), value=DEFAULT_SCHEDULER)
             return updates
 
-        finish_outputs = [panel.x_t_decode, panel.x0_decode, panel.animation, panel.plot, cache_state]
+        def end_session(request: gr.Request = None):
+            """The tab closed: free its run and its stored values now, not an hour later."""
+            session = _session(request)
+            holder = getattr(demo, "state_holder", None)  # Gradio keeps a closed session's values for an hour,
+            if holder is not None and session is not None:  # and its copy of the page's settings until it
+                holder.delete_state(session)  # has seen SDVIZ_MAX_SESSIONS newer sessions
+                with holder.lock:
+                    holder.session_data.pop(session, None)
+                    holder.time_last_used.pop(session, None)
+            runs.end_session(session)
+            runs.forget_expired()
+
+        settle_outputs = [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode, panel.animation]
+        events = []
         for controls, fn, inputs, name in (
             (txt, txt2img, [txt.prompt, txt.negative_prompt, txt.steps, txt.guidance_scale, txt.seed, txt.scheduler],
              "txt2img"),
@@ -532,29 +717,37 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                             img.seed, img.scheduler], "img2img"),
         ):
             # The API result: (final picture, status, step, latents, noise, numbers, plot, decodes..., animation)
-            outputs = [controls.final, *panel.all_outputs(), run_state, cache_state]
+            outputs = [controls.final, *panel.all_outputs(), run_state]
             event = controls.generate.click(
                 fn, [*inputs, model_state], outputs, api_name=name, concurrency_id=GENERATE_CONCURRENCY_ID,
                 concurrency_limit=concurrency_limit, show_progress="hidden",
             )
-            event.success(finish, [run_state, cache_state], finish_outputs, api_visibility="private",
-                          concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=4, show_progress="hidden")
-            controls.stop.click(stopped, [run_state], [panel.status, panel.step], cancels=[event],
-                                api_visibility="private", concurrency_limit=None, queue=False)
+            # The page runs this after the event succeeded, failed or was cancelled (the API does not).
+            event.then(settle, None, settle_outputs, api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID,
+                       concurrency_limit=PEEK_CONCURRENCY, show_progress="hidden")
+            controls.stop.click(request_stop, None, None, cancels=[event], api_visibility="private", queue=False)
             controls.dice.click(lambda: random.randint(0, UI_MAX_SEED), None, controls.seed,
                                 api_visibility="private", concurrency_limit=None, queue=False)
-        panel.step.input(show_step, [panel.step, run_state, cache_state],
-                         [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode, cache_state],
-                         api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=4,
-                         trigger_mode="always_last", show_progress="hidden")
+            events.append((controls, event))
+        # One panel, one run: starting text to image stops a run of image to image, and the other way round.
+        (txt_controls, txt_event), (img_controls, img_event) = events
+        txt_controls.generate.click(None, cancels=[img_event])
+        img_controls.generate.click(None, cancels=[txt_event])
+        panel.step.input(show_step, [panel.step], [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode],
+                         api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID,
+                         concurrency_limit=PEEK_CONCURRENCY, trigger_mode="always_last", show_progress="hidden")
         model_choice.change(
             choose_model, [model_choice, model_state],
             [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
              img.guidance_scale, img.scheduler],
             api_visibility="private", concurrency_limit=None, show_progress="hidden",
         ).failure(lambda current: current, model_state, model_choice, api_visibility="private", queue=False)
+        demo.unload(end_session)
 
     demo.queue(max_size=queue_size)
+    demo.sdviz_runs = runs  # the sessions' runs, for tests and benchmarks (memory, clean-up)
+    demo.sdviz_models = models
+    demo.sdviz_capacity = hosting.Capacity(concurrency_limit, queue_size, runs.max_sessions)
     return demo
 
 
@@ -570,12 +763,11 @@ def _model_note(model: Model) -> str:
 
 
 def launch_kwargs() -> dict:
-    """Settings for ``demo.launch`` (server name and port come from GRADIO_SERVER_NAME/PORT)."""
+    """Settings for ``demo.launch``: the page's look and the security settings of a public Space
+    (:func:`sdviz.hosting.secure_launch_settings`). Server name and port come from GRADIO_SERVER_NAME/PORT."""
     return {
         "css": CSS,
         "footer_links": ["api", "gradio", "settings"],
-        "max_file_size": "10mb",
-        "enable_monitoring": False,
-        "show_error": False,
+        "state_session_capacity": hosting.capacity().max_sessions,
+        **hosting.secure_launch_settings(),
     }
-

@@ -187,8 +187,8 @@ def panel_and_states():
     with gr.Blocks():
         panel = ui._peek_panel()
         final = gr.Image()
-        states = (gr.State(), gr.State())
-    return panel, final, states
+        run_state = gr.State()
+    return panel, final, run_state
 
 
 def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, panel_and_states, monkeypatch):
@@ -214,15 +214,15 @@ def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, p
 
 
 def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, panel_and_states):
-    panel, final, (run_state, cache_state) = panel_and_states
+    panel, final, run_state = panel_and_states
     settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
-    updates = list(ui.live_run(panel, final, (run_state, cache_state), str(tiny_model_dir), settings))
+    updates = list(ui.live_run(panel, final, run_state, str(tiny_model_dir), settings))
     live = [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
     assert live and all(u[panel.latents].count("data:image/png;base64,") == 3 for u in live)
     assert all(u[panel.noise].count("data:image/png;base64,") == 4 for u in live)
     trace = updates[-1][run_state]
     assert [s.index for s in trace.steps] == list(range(6))
-    assert updates[-1][final] is trace.image and updates[-1][cache_state].matches(trace)
+    assert updates[-1][final] is trace.image
 
 
 def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir, panel_and_states):

@@ -1,0 +1,137 @@
+"""Hosting the app for many people: which models it offers, how many runs at once, GPU reservations, and the
+server settings a public Space needs.
+
+Everything an operator sets comes from environment variables (a Space's "variables"), read once when the app is
+built:
+
+    SDVIZ_MODELS        comma-separated allow-list of models; the first is the default. Only these can ever be
+                        loaded, from the page or the API (default: the embedded model and the hub checkpoints
+                        sdviz knows)
+    SDVIZ_CONCURRENCY   runs computed at the same time (default: 1 on a CPU or Apple GPU, 2 on a CUDA GPU)
+    SDVIZ_QUEUE_SIZE    requests that may wait; one more gets "this application is busy" (default 64)
+    SDVIZ_MAX_SESSIONS  browser sessions whose latest run is kept in memory (default 500)
+
+On a ZeroGPU Space (the ``spaces`` package is installed and ``SPACES_ZERO_GPU`` is set), :func:`gpu` wraps the
+functions that touch the model in ``spaces.GPU``: each call borrows a GPU for its duration, in a forked worker, so
+those functions take and return plain values. Everywhere else :func:`gpu` returns the function unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sdviz.errors import SdvizError
+from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS, pick_device
+
+MODELS_ENV = "SDVIZ_MODELS"
+CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
+QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"
+MAX_SESSIONS_ENV = "SDVIZ_MAX_SESSIONS"
+
+DEFAULT_QUEUE_SIZE = 64
+DEFAULT_MAX_SESSIONS = 500
+MAX_UPLOAD = "10mb"  # the largest file the server accepts (a picture for image to image)
+
+
+# --- Which models: an allow-list, never a path or id from the page ------------------------------------
+
+def allowed_models(env: Mapping[str, str] | None = None) -> list[str]:
+    """``$SDVIZ_MODELS`` (comma-separated) or the embedded model and the hub checkpoints sdviz knows."""
+    env = os.environ if env is None else env
+    listed = [m.strip() for m in env.get(MODELS_ENV, "").split(",") if m.strip()]
+    return listed or [EMBEDDED, *KNOWN_HUB_MODELS]
+
+
+def check_allowed(name: object, allowed: Sequence[str]) -> str:
+    """``name`` if the allow-list has it; otherwise a :class:`SdvizError` (nothing is loaded)."""
+    if not isinstance(name, str) or name not in allowed:
+        raise SdvizError(f"The model {name!r} is not offered by this app: choose one of {', '.join(allowed)}.")
+    return name
+
+
+# --- How many runs at once ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Capacity:
+    concurrency: int  # runs computed at the same time
+    queue_size: int  # requests that may wait for a slot (all events together)
+    max_sessions: int  # sessions whose latest run stays in memory (and Gradio's own session limit)
+
+
+def default_concurrency(device: torch.device) -> int:
+    """One run at a time on a CPU (a run already uses every core) or an Apple GPU; two on a CUDA GPU, where a
+    second run fills the gaps of the first (small models and short steps leave the GPU idle between kernels)."""
+    return 2 if device.type == "cuda" else 1
+
+
+def capacity(device: torch.device | None = None, env: Mapping[str, str] | None = None) -> Capacity:
+    """The limits for this server, from the environment (with defaults for ``device``, by default the one
+    :func:`sdviz.models.pick_device` chooses)."""
+    env = os.environ if env is None else env
+    device = pick_device()[0] if device is None else device
+    return Capacity(
+        concurrency=_positive_int(env, CONCURRENCY_ENV, default_concurrency(device)),
+        queue_size=_positive_int(env, QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE),
+        max_sessions=_positive_int(env, MAX_SESSIONS_ENV, DEFAULT_MAX_SESSIONS),
+    )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SdvizError(f"{name} must be a whole number of 1 or more (got {text!r}).")
+    return value
+
+
+# --- ZeroGPU -------------------------------------------------------------------------------------------
+
+def zero_gpu() -> bool:
+    """True on a ZeroGPU Space: the ``spaces`` package is there and the platform says so."""
+    flag = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+    return flag and importlib.util.find_spec("spaces") is not None
+
+
+def gpu(fn: Callable | None = None, *, duration: int | Callable[..., int] | None = None):
+    """``spaces.GPU(fn, duration=...)`` where the ``spaces`` package can be imported, ``fn`` itself otherwise.
+
+    ``spaces.GPU`` is itself a no-op off ZeroGPU; on ZeroGPU it runs ``fn`` in a forked worker that holds a
+    GPU, so ``fn`` must take and return picklable values and must not change objects of the calling process.
+    Use as ``@gpu`` or ``@gpu(duration=...)`` (seconds, or a function of ``fn``'s arguments).
+    """
+    if fn is None:
+        return lambda f: gpu(f, duration=duration)
+    if importlib.util.find_spec("spaces") is None:
+        return fn
+    import spaces
+
+    return spaces.GPU(fn, duration=duration)
+
+
+def loop_seconds(model_name: str, settings, init_image=None) -> int:
+    """The GPU time to ask ZeroGPU for one run (shorter requests wait less in its queue)."""
+    return int(min(120, 15 + 0.5 * settings.steps))
+
+
+# --- Server settings for a public Space -------------------------------------------------------------------
+
+def secure_launch_settings() -> dict:
+    """``demo.launch`` settings a public deployment should have (see docs/deploying.md for the why)."""
+    return {
+        "max_file_size": MAX_UPLOAD,  # uploads beyond it are refused before they reach any code
+        "show_error": False,  # unexpected exceptions reach the page as a generic error; gr.Error messages still do
+        "enable_monitoring": False,  # no /monitoring dashboard of everyone's requests
+        "strict_cors": True,  # localhost apps refuse requests from other sites' pages
+        "allowed_paths": [],  # serve nothing from disk beyond Gradio's own cache and uploads
+        "ssr_mode": False,  # no Node server-side rendering (one process less; SSR breaks some clients)
+    }

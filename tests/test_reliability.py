@@ -1,0 +1,477 @@
+"""Many users at once, Stop, closing the tab, memory, and the settings of a public Space.
+
+Two small servers (tiny random model): one with three runs at a time for the concurrency checks, one with one
+slot and a queue of one for the queue-full and tab-closing checks. The Stop/follow-up ordering is checked by
+calling the page's event functions directly with a made-up session.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import io
+import json
+import re
+import socket
+import sys
+import threading
+import time
+import types
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
+from PIL import Image
+
+from sdviz import hosting, render, ui
+from sdviz.errors import SdvizError
+from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS
+from sdviz.sampler import denoise
+from sdviz.sessions import DONE, RUNNING, STOPPED, SessionRuns
+from sdviz.trace import StepRecord, Trace
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW = "slowly"  # prompts with this word run 0.05 s a step (see slow_loop)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(demo: gr.Blocks) -> str:
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            **ui.launch_kwargs())
+    return url
+
+
+def client(url: str) -> Client:
+    return Client(url, download_files=False, verbose=False, analytics_enabled=False)
+
+
+def picture(file_data: dict) -> np.ndarray:
+    response = httpx.get(file_data["url"], timeout=30)
+    response.raise_for_status()
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def slow_loop(*args, **kwargs):
+    """The real loop; 0.05 s a step when the prompt asks for it (so a run lasts long enough to stop it)."""
+    slow = SLOW in args[1].prompt
+    for item in denoise(*args, **kwargs):
+        if slow and isinstance(item, StepRecord):
+            time.sleep(0.05)
+        yield item
+
+
+@pytest.fixture(scope="module")
+def temp_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+    mp.setattr(ui, "denoise", slow_loop)
+    # Gradio notices a closed tab when its heartbeat (every 15 s) fails to write; this makes it every 0.25 s
+    mp.setenv("GRADIO_IS_E2E_TEST", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def busy_app(tiny_model_dir, temp_dir):
+    """Three runs at a time."""
+    demo = ui.build_demo([str(tiny_model_dir)], concurrency_limit=3)
+    yield launch(demo), demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def one_slot_app(tiny_model_dir, temp_dir):
+    """One run at a time, one more may wait."""
+    demo = ui.build_demo([str(tiny_model_dir)], concurrency_limit=1, queue_size=1)
+    yield launch(demo), demo
+    demo.close()
+
+
+# --- Concurrency ---------------------------------------------------------------------------------------
+
+USERS = [  # prompt, steps, guidance, seed, scheduler
+    ("a red circle", 6, 5.0, 1, "ddim"),
+    ("a blue square on the left", 5, 7.5, 2, "euler"),
+    ("a green triangle", 4, 1.0, 3, "euler_a"),
+    ("a yellow circle at the top", 6, 3.0, 4, "dpmpp_2m"),
+    ("", 5, 5.0, 5, "pndm"),
+    ("a big purple square", 4, 9.0, 6, "default"),
+]
+
+
+def test_simultaneous_users_get_exactly_the_pictures_of_runs_made_one_by_one(busy_app):
+    url, _ = busy_app
+    users = [client(url) for _ in USERS]
+    try:
+        jobs = [c.submit(p, "", n, g, s, sch, api_name="/txt2img") for c, (p, n, g, s, sch) in zip(users, USERS, strict=True)]
+        together = [picture(job.result(timeout=120)[0]) for job in jobs]
+        alone = [picture(users[0].predict(p, "", n, g, s, sch, api_name="/txt2img")[0]) for p, n, g, s, sch in USERS]
+    finally:
+        for c in users:
+            c.close()
+    for (settings, a), b in zip(zip(USERS, together, strict=True), alone, strict=True):
+        assert np.array_equal(a, b), settings
+    assert len({a.tobytes() for a in together}) == len(USERS)  # and they are six different pictures
+
+
+class Tab:
+    """A browser tab, as the server sees it: a session with a heartbeat stream, one event and its data stream.
+    :meth:`close` drops both connections at once, like closing the tab (a gradio_client Client keeps its
+    job's stream open when closed, so it cannot stand in for a tab)."""
+
+    def __init__(self, url: str, demo: gr.Blocks):
+        self.url, self.session = url, uuid.uuid4().hex
+        self.fn_index = {fn.name: i for i, fn in demo.fns.items()}
+        self.messages: list[dict] = []
+        self.streams: list[httpx.Response] = []
+        self.http = httpx.Client(timeout=None)
+        self._follow(f"{url}gradio_api/heartbeat/{self.session}")
+
+    def generate(self, prompt: str, steps: int, until: str) -> None:
+        """Start a run and wait for its first message of kind ``until`` (process_generating, process_completed)."""
+        seen = len(self.messages)
+        data = [prompt, "", steps, 5.0, 0, "default", None]  # the last: the model State (kept by the server)
+        self.http.post(f"{self.url}gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn_index["txt2img"], "session_hash": self.session, "event_data": None,
+            "trigger_id": None}).raise_for_status()
+        self._follow(f"{self.url}gradio_api/queue/data?session_hash={self.session}", self.messages)
+        deadline = time.monotonic() + 30
+        while not any(m.get("msg") == until for m in self.messages[seen:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _follow(self, url: str, into: list | None = None) -> None:
+        response = self.http.send(self.http.build_request("GET", url), stream=True)
+        self.streams.append(response)
+
+        def read():
+            try:
+                for line in response.iter_lines():
+                    if into is not None and line.startswith("data: "):
+                        into.append(json.loads(line[6:]))
+            except (httpx.HTTPError, RuntimeError, ValueError):
+                pass  # closed
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def close(self) -> None:
+        for response in self.streams:
+            response.close()
+        self.http.close()
+
+
+def test_a_full_queue_says_so_and_closing_a_tab_frees_its_slot(one_slot_app):
+    url, demo = one_slot_app
+    tab = Tab(url, demo)
+    second, third = client(url), client(url)
+    try:
+        tab.generate("a blue square", 3, until="process_completed")  # the tab has a finished run...
+        stored = demo.state_holder.session_data[tab.session].state_data
+        assert any(isinstance(value, Trace) for value in stored.values())
+        tab.generate(f"a red circle {SLOW}", 100, until="process_generating")  # ...and a run going
+        run = demo.sdviz_runs.latest(tab.session)  # it holds the one slot
+        waiting = second.submit("a blue square", steps=3, api_name="/txt2img")  # the one place in the queue
+        time.sleep(0.5)
+        with pytest.raises(QueueError, match="Queue is full"):
+            third.predict("a green circle", steps=3, api_name="/txt2img")
+
+        tab.close()  # the tab closes mid-run
+        assert run.ended.wait(10) and run.outcome == STOPPED and len(run.steps) < 100
+        assert waiting.result(timeout=30)[1].startswith("Done")  # the slot went to the next in line
+        assert third.predict("a green circle", steps=3, api_name="/txt2img")[1].startswith("Done")
+        deadline = time.monotonic() + 10  # the closed session's run and stored values are gone
+        while demo.sdviz_runs.latest(tab.session) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert demo.sdviz_runs.latest(tab.session) is None
+        assert not any(isinstance(value, Trace) for value in stored.values())
+    finally:
+        for c in (second, third):
+            c.close()
+
+
+def test_an_unexpected_error_is_not_shown_raw_but_the_app_keeps_serving(one_slot_app, monkeypatch):
+    url, _ = one_slot_app
+
+    def broken_loop(*args, **kwargs):
+        raise RuntimeError("secret detail from /root/.cache")
+        yield
+
+    monkeypatch.setattr(ui, "denoise", broken_loop)
+    user = client(url)
+    try:
+        with pytest.raises(AppError) as err:
+            user.predict("a red circle", steps=3, api_name="/txt2img")
+        assert "secret" not in str(err.value) and "/root" not in str(err.value)
+        monkeypatch.setattr(ui, "denoise", slow_loop)
+        assert user.predict("a red circle", steps=3, api_name="/txt2img")[1].startswith("Done")
+    finally:
+        user.close()
+
+
+# --- Stop, and events that follow a run (called like the page calls them) ------------------------------
+
+class Page:
+    """The app's event functions, called directly for one made-up browser session."""
+
+    def __init__(self, demo: gr.Blocks, session: str = "session-1"):
+        self.demo = demo
+        self.request = types.SimpleNamespace(session_hash=session)
+        self.fns = {fn.name: fn.fn for fn in demo.fns.values()}
+
+    def generate(self, prompt: str, steps: int, scheduler: str = "ddim"):
+        return self.fns["txt2img"](prompt, "", steps, 5.0, 0, scheduler, self.demo_model, request=self.request)
+
+    @property
+    def demo_model(self) -> str:
+        return self.demo.sdviz_models[0]
+
+    def call(self, name: str, *args):
+        return self.fns[name](*args, request=self.request)
+
+    def value(self, update: dict, elem_id: str):
+        return next(v for k, v in update.items() if getattr(k, "elem_id", None) == elem_id)
+
+
+@pytest.fixture(scope="module")
+def page_demo(tiny_model_dir):
+    return ui.build_demo([str(tiny_model_dir)])
+
+
+def test_stop_ends_the_loop_within_one_step_and_its_last_update_shows_the_stopped_run(page_demo):
+    page = Page(page_demo)
+    event = page.generate("a red circle", 100)
+    next(event)  # Starting
+    first = next(event)  # step 1 on screen
+    assert page.value(first, "peek-status").startswith("Step **1 / 100**")
+    page.call("request_stop")  # the Stop button
+    last = next(event)
+    with pytest.raises(StopIteration):
+        next(event)
+    run = page_demo.sdviz_runs.latest("session-1")
+    assert run.outcome == STOPPED and len(run.steps) <= 2  # the step in progress, no more
+    status = page.value(last, "peek-status")
+    assert status.startswith(f"Stopped at step **{len(run.steps)} / 100**")
+    slider = page.value(last, "peek-step")
+    assert slider.maximum == max(len(run.steps), 2) and slider.value == len(run.steps)
+
+
+def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_older_one(page_demo):
+    page = Page(page_demo, "session-2")
+    list(page.generate("a blue square", 4))  # a finished run, then a stopped one
+    event = page.generate("a red circle", 300)
+    next(event), next(event), next(event)
+    event.close()  # Gradio's cancel closes the event between updates: its last update never arrives
+    settled = page.call("settle")  # the page runs this after the cancel
+    run = page_demo.sdviz_runs.latest("session-2")
+    assert run.outcome == STOPPED and 0 < len(run.steps) < 300
+    assert page.value(settled, "peek-status").startswith(f"Stopped at step **{len(run.steps)} / 300**")
+    assert page.value(settled, "peek-step").maximum == max(len(run.steps), 2)
+    shown = page.call("show_step", 1)
+    assert page.value(shown, "peek-status") == f"Showing step **1 / {len(run.steps)}** of the stopped run."
+    assert isinstance(page.value(shown, "peek-xt-decode"), Image.Image)
+
+
+def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeypatch):
+    page = Page(page_demo, "session-3")
+    list(page.generate("a blue square", 4))
+    assert page.value(page.call("settle"), "peek-animation") is not None  # normally: the animation
+    newer = page.generate("a red circle", 100)
+    next(newer)  # the newer run has started
+    assert page.call("settle") == {} and page.call("show_step", 2) == {}
+    newer.close()
+
+    list(page.generate("a blue square", 4))  # a newer run starts while the follow-up is being made
+    real_animation = render.run_animation
+
+    def animation_then_new_run(model, trace):
+        gif = real_animation(model, trace)
+        page_demo.sdviz_runs.start("session-3", page.demo_model, 100)
+        return gif
+
+    monkeypatch.setattr(render, "run_animation", animation_then_new_run)
+    assert page.call("settle") == {}
+
+
+# --- Memory --------------------------------------------------------------------------------------------
+
+def fake_run(runs: SessionRuns, session: str, steps: int = 3):
+    run = runs.start(session, "m", steps)
+    zeros = torch.zeros(4, 8, 8, dtype=torch.float16)
+    run.steps.extend(StepRecord(i, 999.0 - i, 1.0, zeros, None, zeros, zeros, zeros) for i in range(steps))
+    run.end(STOPPED)
+    return run
+
+
+def test_session_runs_are_bounded_in_number_and_time_and_freed_when_the_tab_closes():
+    runs = SessionRuns(max_sessions=10, ttl_s=60)
+    for i in range(300):  # 300 sessions, many runs each: memory stays at 10 sessions' latest runs
+        for _ in range(3):
+            fake_run(runs, f"s{i}")
+    assert len(runs) == 10 and runs.latest("s0") is None and runs.latest("s299") is not None
+    assert runs.nbytes() == 10 * fake_run(SessionRuns(), "x").nbytes()
+    runs.end_session("s299")
+    assert runs.latest("s299") is None and len(runs) == 9
+    runs.ttl_s = 0
+    time.sleep(0.01)
+    runs.forget_expired()
+    assert len(runs) == 0
+
+
+def test_a_new_run_replaces_the_sessions_previous_one_and_a_closed_tab_stops_its_run():
+    runs = SessionRuns()
+    old = fake_run(runs, "s")
+    new = runs.start("s", "m", 5)
+    assert runs.latest("s") is new and runs.is_latest("s", new) and not runs.is_latest("s", old)
+    assert new.outcome == RUNNING
+    runs.end_session("s")
+    assert new.stop_requested.is_set()
+
+
+def test_decodes_of_a_run_are_cached_and_bounded(tiny_model):
+    runs = SessionRuns()
+    run = runs.start("s", tiny_model.name, 4)
+    for item in denoise(tiny_model, ui.RunSettings(prompt="a red circle", steps=4, guidance_scale=5.0)):
+        if isinstance(item, StepRecord):
+            run.steps.append(item)
+        else:
+            run.finish(item)
+    first = run.decodes.get(tiny_model, 0, "x_t")
+    assert run.decodes.get(tiny_model, 0, "x_t") is first and run.decodes.decodes == 1
+    assert run.decodes.max_bytes == 8 * 2**20 and run.outcome == DONE
+
+
+# --- Settings for a public Space -------------------------------------------------------------------------
+
+def test_launch_settings_are_those_of_a_public_space():
+    settings = ui.launch_kwargs()
+    assert settings["max_file_size"] == "10mb" and settings["show_error"] is False
+    assert settings["enable_monitoring"] is False and settings["strict_cors"] is True
+    assert not settings["allowed_paths"] and "blocked_paths" not in settings
+    assert settings["state_session_capacity"] == hosting.DEFAULT_MAX_SESSIONS
+
+
+def test_the_running_server_has_monitoring_off_a_bounded_queue_and_cache_clean_up(busy_app):
+    url, demo = busy_app
+    for path in ("monitoring", "gradio_api/monitoring", "monitoring/summary", "gradio_api/monitoring/summary"):
+        assert httpx.get(url + path, timeout=10).status_code in (403, 404), path
+    assert demo._queue.max_size == hosting.DEFAULT_QUEUE_SIZE and demo.delete_cache == (600, 3600)
+    assert demo.show_error is False and demo.max_file_size == 10 * 2**20
+
+
+def test_gradio_is_pinned_past_its_security_fixes_and_the_space_uses_the_same_version():
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert "gradio==6.31.0" in requirements and "safetensors" in requirements
+    front_matter = (ROOT / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front_matter and "sdk_version: 6.31.0" in front_matter
+    assert "app_file: app.py" in front_matter and "python_version:" in front_matter
+
+
+# --- Hosting helpers -----------------------------------------------------------------------------------
+
+def test_models_come_from_an_allow_list_and_nothing_else_is_accepted():
+    assert hosting.allowed_models({}) == [EMBEDDED, *KNOWN_HUB_MODELS]
+    allowed = hosting.allowed_models({"SDVIZ_MODELS": " embedded, a/b ,"})
+    assert allowed == ["embedded", "a/b"]
+    assert hosting.check_allowed("a/b", allowed) == "a/b"
+    for bad in ("/etc", "../assets/tiny-sd", "c/d", None, 3):
+        with pytest.raises(SdvizError, match="not offered"):
+            hosting.check_allowed(bad, allowed)
+
+
+def test_capacity_comes_from_the_environment_with_defaults_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hosting.capacity(cpu, {}) == hosting.Capacity(1, 64, 500)
+    assert hosting.capacity(cuda, {}).concurrency == 2
+    env = {"SDVIZ_CONCURRENCY": "3", "SDVIZ_QUEUE_SIZE": "10", "SDVIZ_MAX_SESSIONS": "50"}
+    assert hosting.capacity(cpu, env) == hosting.Capacity(3, 10, 50)
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(SdvizError, match="SDVIZ_QUEUE_SIZE must be a whole number of 1 or more"):
+            hosting.capacity(cpu, {"SDVIZ_QUEUE_SIZE": bad})
+
+
+def test_gpu_is_a_no_op_without_the_spaces_package_and_spaces_gpu_with_it(monkeypatch):
+    def work(x):
+        return x + 1
+
+    if "spaces" not in sys.modules:
+        assert hosting.gpu(work) is work and hosting.gpu(duration=5)(work) is work
+    calls = []
+    fake = types.ModuleType("spaces")
+    fake.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+    fake.GPU = lambda fn, duration=None: calls.append(duration) or (lambda *a: ("on a GPU", fn(*a)))
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert hosting.gpu(work, duration=hosting.loop_seconds)(1) == ("on a GPU", 2)
+    assert calls == [hosting.loop_seconds]
+    assert hosting.loop_seconds("m", ui.RunSettings(steps=50)) == 40
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert hosting.zero_gpu()
+
+
+def test_concurrent_calls_of_the_loop_share_no_state(tiny_model):
+    """The same settings on four threads at once: the same latents as one run alone (a scheduler per run)."""
+    settings = ui.RunSettings(prompt="a red circle", steps=5, guidance_scale=5.0, scheduler="dpmpp_2m", seed=9)
+
+    def final_latents():
+        return [item for item in denoise(tiny_model, settings)][-1].final_latents
+
+    alone = final_latents()
+    barrier = threading.Barrier(4)
+
+    def together():
+        barrier.wait()
+        return final_latents()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: together(), range(4)))
+    assert all(torch.equal(alone, r) for r in results)
+
+
+# --- In a real browser (skips without Debian's Chromium) -------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def test_in_the_browser_stop_leaves_the_stopped_run_on_screen_and_on_the_slider(busy_app):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install chromium) to run this test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+    url, _ = busy_app
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        sync_api.expect.set_options(timeout=60_000)
+        page.goto(url)
+        page.locator("#txt2img-prompt textarea").fill(f"a red circle {SLOW}")
+        steps = page.locator("#txt2img-steps input[type=number]")
+        steps.fill("80")
+        steps.press("Enter")
+        page.locator("#txt2img-generate").click()
+        status = page.locator("#peek-status")
+        sync_api.expect(status).to_contain_text("Step ")
+        page.locator("#txt2img-stop").click()
+        sync_api.expect(status).to_contain_text("Stopped at step")
+        page.wait_for_timeout(1500)  # any update of the loop still on its way would have landed by now
+        text = status.inner_text()
+        stopped_at = int(re.search(r"Stopped at step (\d+) / 80", text).group(1))
+        assert 1 <= stopped_at < 80
+        slider = page.locator("#peek-step input[type=range]")
+        assert int(slider.get_attribute("max")) == max(stopped_at, 2)
+        assert int(slider.input_value()) == stopped_at
+
+        page.get_by_role("tab", name="Image to image").click()  # the upload widget is Gradio's own
+        sync_api.expect(page.locator("#img2img-init input[type=file]")).to_have_count(1)
+        browser.close()
