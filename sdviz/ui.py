@@ -16,6 +16,12 @@ use the fast approximate colours; full VAE decodes are made on demand and cached
 The loop runs in the event's own thread, not a helper thread: a helper would fight the page's
 rendering for Python's global lock, and on a small model that slowed the loop itself several times.
 
+Many users (see docs/reliability.md): the panel always shows the session's latest run
+(:class:`sdviz.sessions.PanelRun`); Stop ends the loop after the step in progress; the events that follow a
+run (:func:`build_demo`'s ``settle``, the step slider) touch the panel only while their run is still the
+latest. Limits, the model allow-list, GPU reservations and the launch settings come from
+:mod:`sdviz.hosting`.
+
 The UI holds no math: pictures, numbers and plots come from :mod:`sdviz.render`.
 """
 
