@@ -49,6 +49,8 @@ def make_scheduler(model, name: str | None = None):
         fixes["steps_offset"] = 1
     if scheduler.config.get("clip_sample", False) is True:
         fixes["clip_sample"] = False
+    if isinstance(scheduler, PNDMScheduler) and not scheduler.config.get("skip_prk_steps", False):
+        fixes["skip_prk_steps"] = True  # as SD 1.x ships it; PRK warm-up steps fail below 4 steps
     if fixes:
         scheduler.register_to_config(**fixes)
     return scheduler

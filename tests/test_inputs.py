@@ -100,3 +100,17 @@ def test_unknown_words_and_non_ascii_text_do_not_crash(tiny_model):
 def test_hub_id_that_cannot_be_fetched_gives_a_clear_error():
     with pytest.raises(SdvizError, match="Could not load the Stable Diffusion model 'nobody/no-such-model'"):
         load_model("nobody/no-such-model")
+
+
+def test_pndm_on_a_model_without_prk_setting_runs_few_steps(tiny_model_dir, tmp_path):
+    """PNDM built from another scheduler's config skips PRK warm-up, as SD ships it (else < 4 steps crash)."""
+    from diffusers import DDIMScheduler
+
+    model = load_model(tiny_model_dir)
+    original = model.pipe.scheduler
+    model.pipe.scheduler = DDIMScheduler.from_config(original.config)
+    try:
+        trace = generate(model, RunSettings(prompt="a", steps=2, scheduler="pndm", height=32, width=32))
+    finally:
+        model.pipe.scheduler = original
+    assert trace.image.size == (32, 32)
