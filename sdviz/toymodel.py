@@ -38,17 +38,26 @@ def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY, max_length: in
     for symbol in alphabet + [c + "</w>" for c in alphabet]:
         vocab.setdefault(symbol, len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(words):  # merge each word left to right into one token
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            pair = (merged, piece)
-            merged += piece
-            if pair not in merges:
-                merges.append(pair)
-            vocab.setdefault(merged, len(vocab))
+    for word in dict.fromkeys(words):  # add merges until each word is one token
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], merges)
+        while len(pieces) > 1:  # earlier words' merges may have split it elsewhere: join from the left
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = _bpe(pieces, merges)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length,
                          bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """What CLIP's BPE does to one word: apply the lowest-ranked merge present, again and again."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(rank.get(pair, len(rank)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        best, i = min(pairs)
+        if best == len(rank):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
 
 
 def build_text_encoder(vocab_size: int) -> CLIPTextModel:

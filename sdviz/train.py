@@ -42,19 +42,28 @@ class TrainConfig:
     kl_weight: float = 1e-6  # SD's weight: keeps the latent space smooth without blurring
     # stage 2: U-Net + text encoder, on latents of a fixed set of pictures
     dataset_size: int = 30000
-    unet_steps: int = 5000
+    unet_steps: int = 4500
     unet_batch: int = 64
     unet_lr: float = 5e-4
     uncond_fraction: float = 0.1  # captions replaced by "" so CFG has an unconditional model
     keep_size_word: float = 0.6  # how often the caption names the size
     keep_position_words: float = 0.75  # ... and the position
+    # Real captions (alt-text from the web) are often wrong. So are ours: each word that names an attribute
+    # is swapped for another value of it this often. Without guidance the model then draws what such a
+    # caption *usually* comes with, wrong attribute included; classifier-free guidance pushes towards what
+    # sets the caption apart from no caption at all, and the mistakes go: the CFG slider visibly matters.
+    caption_noise: float = 0.2
     min_snr_gamma: float = 5.0
+    # The layout (where the shape goes) is decided at the noisiest steps, where the epsilon loss hardly
+    # sees the picture: an error e in the predicted clean latents costs only SNR * e^2 there (SNR 0.005 at
+    # t=999). A floor on that weight (1.0 is what v-prediction gives) lets those steps learn position words.
+    x0_weight_floor: float = 1.0
     # stage 3: layout. Plain training learns colour and shape but not position words: even at t=999,
     # SD's schedule leaves a faint layout in x_t, and the U-Net learns to copy it from the noise instead of
     # reading "on the left". More steps continue the U-Net and text encoder with coarse "pyramid" noise
     # (4x4, 2x2, 1x1 layers, decaying weights) that hides that faint layout, and more noisy timesteps.
-    layout_steps: int = 2500
-    layout_lr: float = 1e-3
+    layout_steps: int = 2000
+    layout_lr: float = 4e-4
     pyramid_noise_discount: float = 0.6
     high_noise_fraction: float = 0.3  # share of timesteps drawn from the noisier half, where layout is decided
     ema_decay: float = 0.999
@@ -141,12 +150,24 @@ def encode_dataset(cfg: TrainConfig, vae, workdir: Path, device: torch.device, r
 
 # -- stage 2 ----------------------------------------------------------------------------------
 def random_caption(rng: random.Random, scene: dict, cfg: TrainConfig) -> str:
+    """The caption a training picture gets: "" (for CFG) or some of its attributes, some of them wrong."""
     if rng.random() < cfg.uncond_fraction:
         return ""
-    return toyworld.Scene(**{**scene, "background": tuple(scene["background"])}).caption(
-        with_size=rng.random() < cfg.keep_size_word,
-        with_position=rng.random() < cfg.keep_position_words,
-    )
+    with_size = rng.random() < cfg.keep_size_word
+    with_position = rng.random() < cfg.keep_position_words
+    named = {"colour": list(toyworld.COLOURS), "shape": list(toyworld.SHAPES),
+             **({"size": list(toyworld.SIZES)} if with_size else {}),
+             **({"position": list(toyworld.POSITIONS)} if with_position else {})}
+    while True:
+        said = dict(scene)
+        for attribute, values in named.items():
+            if rng.random() < cfg.caption_noise:
+                said[attribute] = rng.choice([v for v in values if v != scene[attribute]])
+        # a wrong caption must not name a held-out combination: the evaluation's prompts stay unseen
+        if not (with_position and (said["colour"], said["shape"], said["position"]) in toyworld.HELD_OUT):
+            break
+    return toyworld.caption(said["colour"], said["shape"], said["size"] if with_size else None,
+                            said["position"] if with_position else None)
 
 
 def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: torch.device, resume: bool):
@@ -178,7 +199,7 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + step)
         layout = step >= cfg.unet_steps
         for group in opt.param_groups:
-            group["lr"] = (lr_at(step, total, cfg.layout_lr, cfg.warmup_steps) if layout
+            group["lr"] = (lr_at(step - cfg.unet_steps, cfg.layout_steps, cfg.layout_lr, cfg.warmup_steps) if layout
                            else lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps))
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         mean, std = data["mean"][idx], data["std"][idx]
@@ -195,10 +216,7 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
         t = t.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)  # forward diffusion: x_t from x_0 in one jump
         noise_pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        # Min-SNR weighting: the easy, almost noise-free steps don't drown out the rest.
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
-        loss = (weight * (noise_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (loss_weight(alphas_cumprod[t], cfg) * (noise_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -214,6 +232,14 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
                             ema_unet=ema["unet"].state_dict(), ema_text_encoder=ema["text_encoder"].state_dict(),
                             opt=opt.state_dict(), step=step + 1)
     return ema["unet"].eval(), ema["text_encoder"].eval()
+
+
+def loss_weight(alpha_cumprod: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Weight of each example's epsilon loss: min-SNR (the easy, almost noise-free steps don't drown out the
+    rest), and a floor for the noisiest steps. Written as weight-on-clean-latents / SNR, since
+    |eps error|^2 = SNR * |x0 error|^2."""
+    snr = alpha_cumprod / (1 - alpha_cumprod)
+    return torch.clamp(snr, min=cfg.x0_weight_floor, max=cfg.min_snr_gamma) / snr
 
 
 def training_noise(shape, gen: torch.Generator, discount: float) -> torch.Tensor:

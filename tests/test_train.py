@@ -75,7 +75,8 @@ def test_resume_continues_from_the_checkpoints_instead_of_restarting(tmp_path, m
     monkeypatch.setitem(train.PRESETS, "micro", micro)
     run_micro(workdir, out, "--resume")
     total = micro.unet_steps + micro.layout_steps  # the layout stage continues the U-Net's step count
-    assert steps_run == [(1, micro.vae_steps), (1, micro.unet_steps), (2, total)]
+    # ... with a learning-rate schedule of its own (step 0 of layout_steps)
+    assert steps_run == [(1, micro.vae_steps), (1, micro.unet_steps), (0, micro.layout_steps)]
     assert torch.load(workdir / "vae.ckpt", weights_only=False)["step"] == micro.vae_steps
     assert torch.load(workdir / "unet.ckpt", weights_only=False)["step"] == total
     assert (workdir / "latents.pt").stat().st_mtime_ns == latents_written  # the encoded dataset is reused
