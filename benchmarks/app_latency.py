@@ -24,49 +24,13 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-SERVER = """
-import sys
-from sdviz.ui import build_demo, launch_kwargs
-demo = build_demo([sys.argv[1]])
-demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True, **launch_kwargs())
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, port: int, temp_dir: str) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp_dir,
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, model, str(port)], cwd=ROOT, env=env)
-    deadline = time.perf_counter() + 300
-    while time.perf_counter() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the app exited with status {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("the app did not start within 300 s")
+from _server import free_port, new_client, start_server
 
 
 def app_run(client, http: httpx.Client, args) -> dict:
@@ -120,8 +84,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    from gradio_client import Client
-
     from sdviz import render
     from sdviz.models import load_model
     from sdviz.sampler import generate
@@ -137,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp_dir:
         server = start_server(args.model, port, temp_dir)
         try:
-            client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False, analytics_enabled=False)
+            client = new_client(f"http://127.0.0.1:{port}/")
             with httpx.Client(timeout=60) as http:
                 app_run(client, http, args)  # warm-up: first requests pay for connections and lazy set-up
                 generate(model, settings)

@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,17 +36,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _server import ROOT, free_port, new_client, start_server
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-SERVER = """
-import sys
-from sdviz.ui import build_demo, launch_kwargs
-demo = build_demo([sys.argv[1]])
-demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True, **launch_kwargs())
-"""
 SCHEDULERS = ["default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m"]
 PROMPTS = ["a big red circle on the left", "a small blue square at the top", "a green triangle in the center",
            "a yellow circle on the right", "a big purple square at the bottom", "", "an orange triangle",
@@ -78,36 +67,6 @@ def requests_for(users: int, steps: int) -> list[Request]:
                                 guidance_scale=[5.0, 1.0, 7.5, 3.0][user % 4], seed=1000 + user,
                                 scheduler=SCHEDULERS[user % len(SCHEDULERS)], init_image=picture))
     return requests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, port: int, temp_dir: str, env_extra: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp_dir, **env_extra,
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, model, str(port)], cwd=ROOT, env=env)
-    deadline = time.perf_counter() + 300
-    while time.perf_counter() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the app exited with status {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("the app did not start within 300 s")
-
-
-def new_client(url: str):
-    from gradio_client import Client
-
-    return Client(url, download_files=False, verbose=False, analytics_enabled=False)
 
 
 def submit(client, request: Request):
@@ -178,6 +137,14 @@ def queue_full(url: str, requests: list[Request]) -> dict:
             "answers_afterwards": "Done: " in str(after[1])}
 
 
+def finish(report: dict, ok: bool, json_path: Path | None) -> None:
+    """The verdict: print it, write the report where --json asks, exit with status 1 when a check failed."""
+    print("PASSED" if ok else "FAILED")
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    sys.exit(0 if ok else 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="embedded", help="model name or local folder (default: embedded)")
@@ -246,10 +213,7 @@ def main() -> None:
           f"answers afterwards: {q['answers_afterwards']}")
     for error in b["errors"]:
         print("  ", error)
-    print("PASSED" if ok else "FAILED")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    sys.exit(0 if ok else 1)
+    finish(report, ok, args.json)
 
 
 if __name__ == "__main__":

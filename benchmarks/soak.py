@@ -30,7 +30,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load_test import ROOT, Request, free_port, new_client, start_server, submit  # noqa: E402
+from _server import ROOT, free_port, new_client, start_server  # noqa: E402
+from load_test import Request, finish, submit  # noqa: E402
 
 PROMPTS = ["a big red circle on the left", "a small blue square at the top", "a green triangle",
            "a yellow circle on the right", "", "a big purple square at the bottom"]
@@ -94,7 +95,7 @@ def main() -> None:
     total = args.warmup + args.runs
     with tempfile.TemporaryDirectory() as temp_dir:
         port = free_port()
-        server = start_server(args.model, port, temp_dir, {})
+        server = start_server(args.model, port, temp_dir)
         url = f"http://127.0.0.1:{port}/"
         page = PageEvents(url)
         samples.append((0, rss_mb(server.pid)))
@@ -153,10 +154,7 @@ def main() -> None:
     print(f"{len(failures)} failed runs; median {report['run_seconds_median']} s a run (with its follow-up)")
     for failure in failures[:10]:
         print("  ", failure)
-    print("PASSED" if ok else "FAILED")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    sys.exit(0 if ok else 1)
+    finish(report, ok, args.json)
 
 
 if __name__ == "__main__":

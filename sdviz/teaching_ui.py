@@ -248,12 +248,20 @@ def _forget_old_exports() -> None:
 
 
 def _picture_input(prefix: str) -> tuple[gr.Image, gr.Button, gr.Button]:
-    image = gr.Image(label="Picture", type="pil", sources=["upload", "clipboard"], height=240,
-                     elem_id=f"{prefix}-picture")
+    # PNG, not Gradio's default WebP: lossy compression smears the toy world's hard edges
+    image = gr.Image(label="Picture", type="pil", format="png", sources=["upload", "clipboard"], height=240,
+                     elem_id=f"{prefix}-picture", elem_classes=["teaching-picture"])
     with gr.Row():
         toy = gr.Button("A toy picture", size="sm", elem_id=f"{prefix}-toy")
         last = gr.Button("My last picture", size="sm", elem_id=f"{prefix}-last")
     return image, toy, last
+
+
+def _picture_output(label: str, elem_id: str, height: int, **kwargs) -> gr.Image:
+    """A picture a tab shows, scaled to fill its box with sharp pixels (CSS ``.teaching-picture`` in sdviz.ui):
+    the embedded model's pictures are only 64x64."""
+    return gr.Image(label=label, type="pil", format="png", interactive=False, height=height, elem_id=elem_id,
+                    elem_classes=["teaching-picture"], **kwargs)
 
 
 def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
@@ -270,12 +278,13 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
                                 info="0 = the clean picture, 999 = pure noise")
                 f_seed = gr.Number(value=0, precision=0, minimum=0, label="noise seed", elem_id="forward-seed")
             with gr.Column(scale=3):
-                f_noisy = gr.Image(label="decoded noisy latents", type="pil", format="png", interactive=False,
-                                   height=240, elem_id="forward-noisy")
+                f_noisy = _picture_output("decoded noisy latents", "forward-noisy", height=240)
                 f_text = gr.Markdown(elem_id="forward-text")
         with gr.Row():
-            f_schedule = gr.Plot(label="the noise schedule", format="png", elem_id="forward-schedule")
-            f_latents = gr.Plot(label="the noisy latents", format="png", elem_id="forward-latents")
+            # show_label=False on every plot here: each figure has its own title, which the label would cover
+            f_schedule = gr.Plot(label="the noise schedule", show_label=False, format="png",
+                                 elem_id="forward-schedule")
+            f_latents = gr.Plot(label="the noisy latents", show_label=False, format="png", elem_id="forward-latents")
         f_toy.click(toy_picture, [model_choice], f_image, **cheap_events)
         f_last.click(last_picture, [run_state], f_image, **cheap_events)
         f_outputs = [f_noisy, f_latents, f_schedule, f_text]
@@ -288,9 +297,9 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         with gr.Row():
             with gr.Column():
                 l_image, l_toy, l_last = _picture_input("latent")
-            l_decoded = gr.Image(label="decoded from the latents (VAE round trip)", type="pil", format="png",
-                                 interactive=False, height=240, elem_id="latent-decoded")
-        l_channels = gr.Plot(label="the 4 latent channels", format="png", elem_id="latent-channels")
+            l_decoded = _picture_output("decoded from the latents (VAE round trip)", "latent-decoded", height=240)
+        l_channels = gr.Plot(label="the 4 latent channels", show_label=False, format="png",
+                             elem_id="latent-channels")
         l_text = gr.Markdown(elem_id="latent-text")
         l_toy.click(toy_picture, [model_choice], l_image, **cheap_events)
         l_last.click(last_picture, [run_state], l_image, **cheap_events)
@@ -309,16 +318,17 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
                                     label="tokens", elem_id="attention-tokens")
             with gr.Column():
                 a_token_text = gr.Markdown(elem_id="attention-token-text")
-                a_embeddings = gr.Plot(label="text embeddings", format="png", elem_id="attention-embeddings")
+                a_embeddings = gr.Plot(label="text embeddings", show_label=False, format="png",
+                                       elem_id="attention-embeddings")
         with gr.Row():
-            a_image = gr.Image(label="the picture", type="pil", format="png", interactive=False, height=220,
-                               elem_id="attention-image", scale=1)
+            a_image = _picture_output("the picture", "attention-image", height=220, scale=1)
             with gr.Column(scale=3):
                 a_step = gr.Slider(0, 1, value=0, step=1, label="step (0 = the whole run)", interactive=False,
                                    elem_id="attention-step")
                 a_special = gr.Checkbox(value=True, label="show start, end and padding tokens")
                 a_gallery = gr.Gallery(label="cross-attention per token (bright = attended)", columns=6,
-                                       height=260, object_fit="contain", elem_id="attention-gallery")
+                                       height=260, object_fit="contain", format="png", elem_id="attention-gallery",
+                                       elem_classes=["teaching-gallery"])
         a_text = gr.Markdown(elem_id="attention-text")
         a_captured = gr.State(None, time_to_live=STATE_TTL_S)
         a_tokenize.click(tokens_view, [model_choice, a_prompt, run_state], [a_tokens, a_token_text, a_embeddings],
@@ -333,7 +343,7 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         gr.Markdown(EXPLAIN_UNET)
         u_draw = gr.Button("Draw the selected model's U-Net", elem_id="unet-draw")
         u_text = gr.Markdown(elem_id="unet-text")
-        u_plot = gr.Plot(label="the U-Net", format="png", elem_id="unet-plot")
+        u_plot = gr.Plot(label="the U-Net", show_label=False, format="png", elem_id="unet-plot")
         u_table = gr.Dataframe(headers=unet_diagram.TABLE_HEADERS, interactive=False, label="blocks",
                                elem_id="unet-table")
         u_draw.click(unet_view, [model_choice], [u_plot, u_table, u_text], **cheap_events)
@@ -347,19 +357,18 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
                                   info=f"up to {experiments.MAX_SWEEP}; each one is a whole run", elem_id="cfg-scales")
             c_sweep = gr.Button("Run the sweep", variant="primary", scale=1, elem_id="cfg-sweep")
         c_gallery = gr.Gallery(label="same seed, different guidance", columns=6, height=280, object_fit="contain",
-                               elem_id="cfg-gallery")
+                               format="png", elem_id="cfg-gallery", elem_classes=["teaching-gallery"])
         with gr.Row():
-            c_plot = gr.Plot(label="measures against the guidance scale", format="png", elem_id="cfg-plot")
+            c_plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png",
+                             elem_id="cfg-plot")
             c_table = gr.Markdown(elem_id="cfg-table")
         gr.Markdown("### What-if at one step")
         with gr.Row():
             c_step = gr.Slider(1, 2, value=1, step=1, label="step", interactive=False, elem_id="cfg-step")
             c_scale = gr.Slider(0, 20, value=7.5, step=0.5, label="guidance scale g", elem_id="cfg-scale")
         with gr.Row():
-            c_recorded = gr.Image(label="predicted x0 at the run's own g (VAE decode)", type="pil", format="png",
-                                  interactive=False, height=200, elem_id="cfg-recorded")
-            c_what_if = gr.Image(label="predicted x0 at the new g (VAE decode)", type="pil", format="png",
-                                 interactive=False, height=200, elem_id="cfg-what-if")
+            c_recorded = _picture_output("predicted x0 at the run's own g (VAE decode)", "cfg-recorded", height=200)
+            c_what_if = _picture_output("predicted x0 at the new g (VAE decode)", "cfg-what-if", height=200)
         c_text = gr.Markdown(elem_id="cfg-text")
         cfg_tab.select(cfg_tab_opened, [run_state], [c_step, c_scale, c_info], **cheap_events)
         c_sweep.click(cfg_sweep, [run_state, c_scales], [c_gallery, c_plot, c_table], **model_events)
@@ -374,10 +383,9 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
                                   elem_id="ab-prompt")
             b_run = gr.Button("Run prompt B from the same noise", variant="primary", scale=1, elem_id="ab-run")
         with gr.Row():
-            b_image_a = gr.Image(label="A (your last run)", type="pil", format="png", interactive=False, height=220,
-                                 elem_id="ab-a")
-            b_image_b = gr.Image(label="B", type="pil", format="png", interactive=False, height=220, elem_id="ab-b")
-            b_plot = gr.Plot(label="latent trajectories (PCA)", format="png", elem_id="ab-plot")
+            b_image_a = _picture_output("A (your last run)", "ab-a", height=220)
+            b_image_b = _picture_output("B", "ab-b", height=220)
+            b_plot = gr.Plot(label="latent trajectories (PCA)", show_label=False, format="png", elem_id="ab-plot")
         b_text = gr.Markdown(elem_id="ab-text")
         b_run.click(ab_run, [run_state, b_prompt], [b_image_a, b_image_b, b_plot, b_text], **model_events)
 

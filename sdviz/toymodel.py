@@ -52,7 +52,7 @@ def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
     """What CLIP's BPE does to one word: apply the lowest-ranked merge present, again and again."""
     rank = {pair: i for i, pair in enumerate(merges)}
     while len(pieces) > 1:
-        pairs = [(rank.get(pair, len(rank)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(rank.get(pair, len(rank)), i) for i, pair in enumerate(zip(pieces, pieces[1:], strict=False))]
         best, i = min(pairs)
         if best == len(rank):
             break

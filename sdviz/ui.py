@@ -262,10 +262,18 @@ CSS = """
 .peek-empty { display: flex; align-items: center; justify-content: center; text-align: center; padding: 8px;
   font-size: 0.8em; color: var(--body-text-color-subdued); background: var(--background-fill-secondary); }
 .peek-figures figcaption { font-size: 0.85em; text-align: center; margin-top: 4px; }
-.peek-picture .image-container > button, .final-picture .image-container > button { width: 100%; height: 100%; }
-.peek-picture .image-frame, .final-picture .image-frame { width: 100%; height: 100%; padding-top: 30px;
-  box-sizing: border-box; }
-.peek-picture img, .final-picture img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+/* Pictures fill their box with sharp pixels (the embedded model draws 64x64), below the component's label. */
+.peek-picture .image-container > button, .final-picture .image-container > button,
+.teaching-picture .image-container > button { width: 100%; height: 100%; }
+.teaching-picture .upload-container { width: 100% !important; }  /* an input picture: Gradio sets width: auto */
+.peek-picture .image-frame, .final-picture .image-frame, .teaching-picture .image-frame { width: 100%; height: 100%;
+  padding-top: 30px; box-sizing: border-box; }
+.peek-picture img, .final-picture img, .teaching-picture img { width: 100%; height: 100%; object-fit: contain;
+  image-rendering: pixelated; }
+/* The teaching galleries keep their 6 columns with fewer pictures (Gradio would stretch 2 pictures to half the
+   width each, taller than the gallery), below the label. */
+.teaching-gallery .grid-wrap .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)); padding-top: 32px; }
+.teaching-gallery img { image-rendering: pixelated; }
 .explain { font-size: 0.92em; }
 #peek-status { min-height: 1.6em; }
 #peek-numbers table { font-size: 0.9em; }

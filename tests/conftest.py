@@ -1,8 +1,11 @@
-"""Shared fixtures: a tiny random Stable Diffusion built in-process (no hub, no download)."""
+"""Shared fixtures: a tiny random Stable Diffusion built in-process (no hub, no download), the app launched on
+it, and a Chromium page for the browser tests."""
 
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach the hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -14,6 +17,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdviz import toymodel
 from sdviz.models import load_model
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's (apt-get install chromium); .ci/run installs it
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
 
 
 def build_tiny_pipeline() -> StableDiffusionPipeline:
@@ -51,3 +58,61 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launch_app(tmp_path_factory):
+    """Launches Gradio demos on free local ports, their files in a temporary folder; closed after the module."""
+    from sdviz.ui import launch_kwargs  # Gradio, imported only by the tests that serve the app
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+    demos = []
+
+    def launch(demo) -> str:
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                quiet=True, **launch_kwargs())
+        demos.append(demo)
+        return url
+
+    yield launch
+    for demo in demos:
+        demo.close()
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium for Playwright; the test skips, saying why, where it or the playwright package is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install chromium) to run this test")
+    pytest.importorskip("playwright", reason="the playwright package is missing (pip install playwright)")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser_app_url(chromium, tiny_model_dir, launch_app) -> str:
+    """The app on the tiny model, for the browser tests (launched only where they can run)."""
+    from sdviz.ui import build_demo
+
+    return launch_app(build_demo([str(tiny_model_dir)]))
+
+
+@pytest.fixture
+def browser_page(chromium):
+    """A fresh Chromium page, 1400x1000, that waits up to 60 s for anything (the CPU is shared with training)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)
+        yield page
+        browser.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import socket
 
 import gradio as gr
 import httpx
@@ -21,29 +20,17 @@ from sdviz.errors import SdvizError
 from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS
 from sdviz.sampler import denoise
 from sdviz.settings import RunSettings, check_settings
-from sdviz.ui import EXAMPLES_DIR, allowed_models, build_demo, launch_kwargs, load_for_app, run_settings
+from sdviz.ui import EXAMPLES_DIR, allowed_models, build_demo, load_for_app, run_settings
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app(tiny_model_dir, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-    demo = build_demo([str(tiny_model_dir), MISSING_MODEL])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **launch_kwargs())
+def app(tiny_model_dir, launch_app):
+    url = launch_app(build_demo([str(tiny_model_dir), MISSING_MODEL]))
     client = Client(url, download_files=False, verbose=False, analytics_enabled=False)
     yield url, client
     client.close()
-    demo.close()
-    mp.undo()
 
 
 def picture(file_data: dict) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import struct
 import uuid
 import zlib
@@ -22,29 +21,18 @@ from PIL import Image
 
 from sdviz import models
 from sdviz.settings import MAX_INIT_PIXELS, RunSettings, check_settings
-from sdviz.ui import build_demo, launch_kwargs, run_settings
+from sdviz.ui import build_demo, run_settings
 
 NOT_ALLOWED = "nobody/not-on-the-list"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app(tiny_model_dir, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+def app(tiny_model_dir, launch_app):
     demo = build_demo([str(tiny_model_dir)])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **launch_kwargs())
+    url = launch_app(demo)
     client = Client(url, download_files=False, verbose=False, analytics_enabled=False)
     yield url, client, demo
     client.close()
-    demo.close()
-    mp.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -6,16 +6,6 @@ Without /usr/bin/chromium the test skips with a message (``.ci/run`` installs it
 from __future__ import annotations
 
 import re
-import socket
-from pathlib import Path
-
-import pytest
-
-from sdviz.ui import build_demo, launch_kwargs
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 
 # Installed before the click: remembers every x_t picture and status line the panel shows, and whether
 # the final picture was already there at the time (proof that the panel changed *while* the loop ran).
@@ -33,62 +23,39 @@ WATCH_PANEL = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_model_dir, tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install chromium) to run this test")
-    pytest.importorskip("playwright", reason="the playwright package is missing (pip install playwright)")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_demo([str(tiny_model_dir)])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                            **launch_kwargs())
-    yield url
-    demo.close()
-    mp.undo()
+def test_generate_watch_the_loop_live_then_scrub(browser_app_url, browser_page, tmp_path):
+    from playwright.sync_api import expect
 
+    page = browser_page
+    page.goto(browser_app_url)
+    page.locator("#txt2img-prompt textarea").fill("a big red circle on the left")
+    steps = page.locator("#txt2img-steps input[type=number]")
+    steps.fill("60")  # a long enough run (about a second on the tiny model) to watch it stream
+    steps.press("Enter")
+    page.evaluate(WATCH_PANEL)
 
-def test_generate_watch_the_loop_live_then_scrub(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    page.get_by_role("button", name="Generate").first.click()
+    final = page.locator("#txt2img-final img")
+    expect(final).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    expect(page.locator("#peek-status")).to_contain_text("Done: ")
+    total = int(re.search(r"Done: (\d+) steps", page.locator("#peek-status").inner_text()).group(1))
+    assert total in (60, 61)  # PNDM, the tiny model's scheduler, adds one warm-up step
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        expect.set_options(timeout=60_000)
-        page.goto(app_url)
-        page.locator("#txt2img-prompt textarea").fill("a big red circle on the left")
-        steps = page.locator("#txt2img-steps input[type=number]")
-        steps.fill("60")  # a long enough run (about a second on the tiny model) to watch it stream
-        steps.press("Enter")
-        page.evaluate(WATCH_PANEL)
+    seen = page.evaluate("window.peekSeen")
+    live = [s for s in seen if s["final"] is None and s["src"] and s["status"].startswith("Step")]
+    assert len({s["src"] for s in live}) >= 2, seen  # several different steps shown before the end
+    page.screenshot(path=tmp_path / "after-run.png", full_page=True)
 
-        page.get_by_role("button", name="Generate").first.click()
-        final = page.locator("#txt2img-final img")
-        expect(final).to_have_attribute("src", re.compile(r"/gradio_api/file="))
-        expect(page.locator("#peek-status")).to_contain_text("Done: ")
-        total = int(re.search(r"Done: (\d+) steps", page.locator("#peek-status").inner_text()).group(1))
-        assert total in (60, 61)  # PNDM, the tiny model's scheduler, adds one warm-up step
-
-        seen = page.evaluate("window.peekSeen")
-        live = [s for s in seen if s["final"] is None and s["src"] and s["status"].startswith("Step")]
-        assert len({s["src"] for s in live}) >= 2, seen  # several different steps shown before the end
-        page.screenshot(path=tmp_path / "after-run.png", full_page=True)
-
-        # The full decodes of the last step arrive after the final picture; then scrub to the first step.
-        expect(page.locator("#peek-x0-decode img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
-        expect(page.locator("#peek-animation img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
-        decode_before = page.locator("#peek-xt-decode img").get_attribute("src")
-        slider = page.locator("#peek-step input[type=range]")
-        expect(slider).to_be_enabled()
-        slider.focus()
-        page.keyboard.press("Home")
-        expect(page.locator("#peek-status")).to_contain_text(f"Showing step 1 / {total}")
-        expect(page.locator("#peek-xt-decode img")).not_to_have_attribute("src", decode_before)
-        expect(page.locator("#peek-numbers")).to_contain_text(f"1 of {total}")
-        page.screenshot(path=tmp_path / "scrubbed.png", full_page=True)
-        assert (tmp_path / "scrubbed.png").stat().st_size > 10_000
-        browser.close()
+    # The full decodes of the last step arrive after the final picture; then scrub to the first step.
+    expect(page.locator("#peek-x0-decode img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    expect(page.locator("#peek-animation img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    decode_before = page.locator("#peek-xt-decode img").get_attribute("src")
+    slider = page.locator("#peek-step input[type=range]")
+    expect(slider).to_be_enabled()
+    slider.focus()
+    page.keyboard.press("Home")
+    expect(page.locator("#peek-status")).to_contain_text(f"Showing step 1 / {total}")
+    expect(page.locator("#peek-xt-decode img")).not_to_have_attribute("src", decode_before)
+    expect(page.locator("#peek-numbers")).to_contain_text(f"1 of {total}")
+    page.screenshot(path=tmp_path / "scrubbed.png", full_page=True)
+    assert (tmp_path / "scrubbed.png").stat().st_size > 10_000
