@@ -184,6 +184,20 @@ with _no_stub_file():
                 raise student_error(UNREADABLE_PICTURE) from err
 
 
+with _no_stub_file():
+    class Slider(gr.Slider):
+        """Gradio's slider (the same widget), whose out-of-range message names it: "Steps: Value 0 is less than
+        minimum value 1." instead of Gradio's bare "Value 0 is less than ...", which an API caller cannot place."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except gr.Error as err:
+                raise student_error(f"{self.label}: {err.message}") from err
+
+
 def load_for_app(name: str) -> Model:
     """Load a model (cached) and warm its preview colours; bad ones give a gr.Error. The callers decide which
     names are allowed (:func:`sdviz.hosting.check_allowed`)."""
@@ -346,9 +360,9 @@ def _generate_controls(defaults: RunSettings, model: Model | None, img2img: bool
                           elem_id=f"{prefix}-negative")
     with gr.Row():
         # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why.
-        steps = gr.Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
+        steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
                           info="How many times the U-Net is asked", elem_id=f"{prefix}-steps")
-        guidance = gr.Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale", info=CFG_INFO,
+        guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale", info=CFG_INFO,
                              elem_id=f"{prefix}-cfg")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=defaults.seed, step=1, label="Seed",
@@ -599,7 +613,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                         # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
                         init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
                                                    sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
-                        strength = gr.Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
+                        strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
                                              info="How much noise to add to it first: 1 = keep almost nothing",
                                              elem_id="img2img-strength")
                         img = _generate_controls(defaults, model, img2img=True)

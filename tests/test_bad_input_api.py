@@ -109,11 +109,11 @@ def test_a_prompt_of_thousands_of_characters_is_refused_before_any_work(app):
 # --- Numbers -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("bad", "message"), [
-    ({"steps": 0}, "less than minimum value 1"),
-    ({"steps": 101}, "greater than maximum value 100"),
+    ({"steps": 0}, "Steps: Value 0 is less than minimum value 1"),
+    ({"steps": 101}, "Steps: Value 101 is greater than maximum value 100"),
     ({"steps": 2.5}, "Steps must be a whole number"),
-    ({"guidance_scale": -1.0}, "less than minimum value 0"),
-    ({"guidance_scale": 25.0}, "greater than maximum value 20"),
+    ({"guidance_scale": -1.0}, "CFG scale: Value -1.0 is less than minimum value 0"),
+    ({"guidance_scale": 25.0}, "CFG scale: Value 25.0 is greater than maximum value 20"),
     ({"seed": -1}, "seed must be 0 or more"),
     ({"seed": 2**70}, "too large"),
     ({"seed": 3.5}, "seed must be a whole number"),
@@ -129,8 +129,8 @@ def test_bad_numbers_and_names_give_a_message_naming_the_fix(app, bad, message):
 
 @pytest.mark.parametrize(("position", "literal", "message"), [
     (3, "NaN", "Guidance scale must be a finite number"),
-    (3, "Infinity", "greater than maximum value 20"),
-    (3, "-Infinity", "less than minimum value 0"),
+    (3, "Infinity", "CFG scale: Value inf is greater than maximum value 20"),
+    (3, "-Infinity", "CFG scale: Value -inf is less than minimum value 0"),
     (2, "NaN", "Steps must be a whole number"),
     (4, "NaN", "seed must be a whole number"),
 ])
@@ -179,7 +179,8 @@ def pictures(tmp_path_factory):
 
 def test_strength_zero_and_above_one_are_refused(app, pictures):
     _, client, _ = app
-    for strength, message in ((0.0, "less than minimum value 0.05"), (1.5, "greater than maximum value 1")):
+    for strength, message in ((0.0, "Strength: Value 0.0 is less than minimum value 0.05"),
+                              (1.5, "Strength: Value 1.5 is greater than maximum value 1")):
         with pytest.raises(AppError, match=message):
             client.predict(handle_file(str(pictures / "grey.png")), "a red circle", strength=strength, steps=4,
                            api_name="/img2img")
