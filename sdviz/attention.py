@@ -75,9 +75,13 @@ def describe_tokens(tokens: Tokens) -> str:
     return text
 
 
-def embedding_figure(model, tokens: Tokens) -> Figure:
-    """The text-embedding matrix: one row per token position, one column per embedding dimension."""
-    matrix = embed(model, tokens)[0].float().cpu().numpy()
+def embedding_matrix(model, tokens: Tokens) -> np.ndarray:
+    """The text encoder's output for the tokens: one row per token position, one column per embedding dimension."""
+    return embed(model, tokens)[0].float().cpu().numpy()
+
+
+def embedding_figure(matrix: np.ndarray, tokens: Tokens) -> Figure:
+    """The text-embedding matrix (:func:`embedding_matrix`) as a heat map, each row labelled with its token."""
     limit = float(np.percentile(np.abs(matrix), 99)) or 1.0
     rows, dims = matrix.shape
     fig = Figure(figsize=(7, min(2 + 0.14 * rows, 12)), layout="constrained")

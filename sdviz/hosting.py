@@ -118,9 +118,24 @@ def gpu(fn: Callable | None = None, *, duration: int | Callable[..., int] | None
     return spaces.GPU(fn, duration=duration)
 
 
-def loop_seconds(model_name: str, settings, init_image=None) -> int:
-    """The GPU time to ask ZeroGPU for one run (shorter requests wait less in its queue)."""
-    return int(min(120, 15 + 0.5 * settings.steps))
+# The GPU time each kind of work asks ZeroGPU for (shorter requests wait less in its queue). A duration
+# function gets the GPU function's own arguments, which start with the model name and (for runs) the settings.
+QUICK_SECONDS = 20  # a few VAE or text-encoder calls: a picture's trip through the VAE, two decodes
+MAX_SECONDS = 120  # the longest GPU time sdviz asks for
+
+
+def loop_seconds(model_name: str, settings, *inputs) -> int:
+    """One run: 15 s + 0.5 s per step, at most :data:`MAX_SECONDS`."""
+    return _steps_seconds(settings.steps)
+
+
+def sweep_seconds(model_name: str, settings, scales: Sequence[float], *inputs) -> int:
+    """A guidance sweep: one run per scale, and the unguided run it is measured from."""
+    return _steps_seconds(settings.steps * (len(scales) + 1))
+
+
+def _steps_seconds(steps: int) -> int:
+    return int(min(MAX_SECONDS, 15 + 0.5 * steps))
 
 
 # --- Server settings for a public Space -------------------------------------------------------------------

@@ -9,7 +9,9 @@ U-Net, classifier-free guidance), plus Prompt A/B and Export. The math lives in 
 
 Events that run a model part (VAE, text encoder, U-Net) share the app's generation slots
 (``concurrency_id="generate"`` with no limit of their own, so the app's generate event decides how many
-run at once); cheap CPU events (re-showing stored maps) run without a limit.
+run at once); cheap CPU events (re-showing stored maps) run without a limit. The model work itself goes
+through the functions under "Model work", which :func:`sdviz.hosting.gpu` runs in a GPU worker on a ZeroGPU
+Space: they take the model's name and plain values and return plain values; the callbacks draw the figures.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
-from sdviz import attention, experiments, export, forward, latent_space, toyworld, unet_diagram
+from sdviz import attention, experiments, export, forward, hosting, latent_space, toyworld, unet_diagram
 from sdviz.errors import SdvizError
 from sdviz.models import load_model
 from sdviz.settings import RunSettings
-from sdviz.text import tokenize
+from sdviz.text import Tokens, tokenize
 from sdviz.trace import Trace
+from sdviz.ui import load_for_app
 
 GENERATE_CONCURRENCY_ID = "generate"  # the app's generation slots (sdviz.ui uses the same id)
 EXPORT_CONCURRENCY_ID = "export"
@@ -108,6 +113,58 @@ def _base_settings(model, run) -> tuple[RunSettings, object]:
     return RunSettings(steps=rec.steps, guidance_scale=rec.guidance_scale), None
 
 
+# --- Model work: each use of the VAE, the text encoder or the U-Net --------------------------------------
+# On a ZeroGPU Space hosting.gpu runs each of these in a forked worker that holds a GPU for at most `duration`
+# seconds. So they take the model's *name* and plain values, return plain values (pictures, CPU tensors and
+# arrays, dataclasses of those), and turn SdvizError into gr.Error themselves: only a gr.Error's message
+# comes back from the worker. Everywhere else they are plain calls.
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def _noise_picture(model_name: str, image: Image.Image, t: int, seed: int) -> forward.NoisedPicture:
+    return forward.noise_picture(load_model(model_name), image, t, seed=seed)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def _explore_latents(model_name: str, image: Image.Image) -> latent_space.LatentReport:
+    return latent_space.explore_latents(load_model(model_name), image)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def _embed_tokens(model_name: str, tokens: Tokens) -> np.ndarray:
+    return attention.embedding_matrix(load_model(model_name), tokens)
+
+
+@hosting.gpu(duration=hosting.loop_seconds)
+@friendly
+def _capture_attention(model_name: str, settings: RunSettings,
+                       init_image: Image.Image | None) -> tuple[Trace, attention.AttentionMaps]:
+    return attention.capture_run(load_model(model_name), settings, init_image)
+
+
+@hosting.gpu(duration=hosting.sweep_seconds)
+@friendly
+def _guidance_sweep(model_name: str, settings: RunSettings, scales: list[float],
+                    init_image: Image.Image | None) -> experiments.Sweep:
+    return experiments.guidance_sweep(load_model(model_name), settings, scales, init_image)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def _what_if(model_name: str, trace: Trace, step: int, scale: float) -> experiments.WhatIf:
+    return experiments.what_if(load_model(model_name), trace, step, scale)
+
+
+@hosting.gpu(duration=hosting.loop_seconds)
+@friendly
+def _prompt_ab(model_name: str, settings: RunSettings, prompt_b: str, init_image: Image.Image | None,
+               trace_a: Trace) -> experiments.PromptAB:
+    return experiments.prompt_ab(load_model(model_name), settings, prompt_b, init_image, trace_a=trace_a)
+
+
 # --- Callbacks (module level, so tests can call them directly) ----------------------------------------
 
 
@@ -128,9 +185,8 @@ def last_picture(run):
 def forward_view(model_name, image, t, seed):
     if image is None:
         return None, None, None, PICK_PICTURE
-    model = load_model(model_name)
-    result = forward.noise_picture(model, image, int(t), seed=int(seed or 0))
-    levels = forward.schedule_levels(model)
+    result = _noise_picture(model_name, image, int(t), int(seed or 0))
+    levels = forward.schedule_levels(load_model(model_name))  # the schedule alone: no network, no GPU
     return (result.image, latent_space.channels_figure(result.noisy_latents, f"noisy latents at t = {result.timestep}"),
             forward.schedule_figure(levels, result.timestep), forward.describe(result))
 
@@ -139,8 +195,7 @@ def forward_view(model_name, image, t, seed):
 def latent_view(model_name, image):
     if image is None:
         return None, None, PICK_PICTURE
-    model = load_model(model_name)
-    report = latent_space.explore_latents(model, image)
+    report = _explore_latents(model_name, image)
     return report.decoded, latent_space.channels_figure(report.latents, "the picture's latents"), latent_space.describe(report)
 
 
@@ -150,7 +205,8 @@ def tokens_view(model_name, prompt, run):
     if not prompt and isinstance(run, Trace):
         prompt = run.settings.prompt
     tokens = tokenize(model.tokenizer, prompt or "")
-    return attention.token_rows(tokens), attention.describe_tokens(tokens), attention.embedding_figure(model, tokens)
+    figure = attention.embedding_figure(_embed_tokens(model_name, tokens), tokens)
+    return attention.token_rows(tokens), attention.describe_tokens(tokens), figure
 
 
 @friendly
@@ -160,7 +216,7 @@ def attention_run(model_name, prompt, run, progress=PROGRESS):
     if prompt:
         settings = dataclasses.replace(settings, prompt=prompt)
     progress(0, desc="running with attention capture")
-    trace, maps = attention.capture_run(model, settings, init_image)
+    trace, maps = _capture_attention(model_name, settings, init_image)
     gallery = attention.token_gallery(maps, trace.image)
     slider = gr.Slider(minimum=0, maximum=len(maps.per_step), value=0, step=1, interactive=True)
     return trace.image, gallery, slider, attention.describe_maps(maps), (maps, trace.image)
@@ -186,9 +242,8 @@ def unet_view(model_name):
 def cfg_sweep(run, scales_text, progress=PROGRESS):
     trace = _trace(run)
     scales = experiments.parse_scales(scales_text)
-    model = load_model(trace.model)
-    sweep = experiments.guidance_sweep(model, trace.settings, scales, trace.init_image,
-                                       on_run=lambda i, n: progress((i, n), desc="runs"))
+    progress(0, desc=f"running the sweep: {len(scales)} guidance scales, a run each")
+    sweep = _guidance_sweep(trace.model, trace.settings, scales, trace.init_image)
     gallery = [(p.image, f"g = {p.guidance_scale:g}") for p in sweep.points]
     return gallery, experiments.sweep_figure(sweep), experiments.describe_sweep(sweep)
 
@@ -207,8 +262,7 @@ def cfg_tab_opened(run):
 @friendly
 def cfg_what_if(run, step, scale):
     trace = _trace(run)
-    model = load_model(trace.model)
-    result = experiments.what_if(model, trace, int(step) - 1, float(scale))
+    result = _what_if(trace.model, trace, int(step) - 1, float(scale))
     return result.recorded_image, result.image, experiments.describe_what_if(result)
 
 
@@ -217,17 +271,16 @@ def ab_run(run, prompt_b, progress=PROGRESS):
     trace = _trace(run)
     if not prompt_b:
         raise gr.Error("Type prompt B first.")
-    model = load_model(trace.model)
     progress(0, desc="running prompt B")
-    ab = experiments.prompt_ab(model, trace.settings, prompt_b, trace.init_image, trace_a=trace)
+    ab = _prompt_ab(trace.model, trace.settings, prompt_b, trace.init_image, trace)
     figure = experiments.trajectories_figure(ab.projection, [f"A: {ab.a.settings.prompt}", f"B: {prompt_b}"])
-    return ab.a.image, ab.b.image, figure, experiments.describe_ab(ab)
+    return trace.image, ab.b.image, figure, experiments.describe_ab(ab)
 
 
 @friendly
 def export_run(run):
     trace = _trace(run)
-    model = load_model(trace.model)
+    model = load_for_app(trace.model)  # the bundle's pictures use the preview colours, fitted here once per model
     _forget_old_exports()
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=EXPORT_DIR))  # one folder per export: the file keeps a readable name

@@ -235,7 +235,7 @@ def run_loop(model_name: str, settings: RunSettings, init_image=None) -> Iterato
 _run_loop_on_gpu = hosting.gpu(run_loop, duration=hosting.loop_seconds)
 
 
-@hosting.gpu(duration=20)
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
 def _decode_pair(model_name: str, x_t, x0) -> tuple[Image.Image, Image.Image]:
     model = load_model(model_name)
     return vae.decode_to_pil(model, x_t), vae.decode_to_pil(model, x0)

@@ -17,6 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdviz import toymodel
 from sdviz.models import load_model
+from sdviz.sampler import generate
+from sdviz.settings import RunSettings
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (apt-get install chromium); .ci/run installs it
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -58,6 +60,18 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name(tiny_model_dir, tiny_model) -> str:
+    """The tiny model as the app names it (its folder), already loaded."""
+    return str(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model):
+    """A finished run on the tiny model (3 steps, CFG 5), like a session's latest run; tests only read it."""
+    return generate(tiny_model, RunSettings(prompt="a big red circle", steps=3, guidance_scale=5.0, seed=1))
 
 
 def free_port() -> int:

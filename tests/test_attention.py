@@ -16,6 +16,7 @@ from sdviz.attention import (
     capture_run,
     describe_tokens,
     embedding_figure,
+    embedding_matrix,
     install_capture,
     layer_size,
     token_gallery,
@@ -137,7 +138,7 @@ def test_token_groups_cover_every_position_once(tiny_model):
 
 def test_embedding_heat_map_has_one_row_per_token(tiny_model):
     tokens = tokenize(tiny_model.tokenizer, "a red circle")
-    fig = embedding_figure(tiny_model, tokens)
+    fig = embedding_figure(embedding_matrix(tiny_model, tokens), tokens)
     shown = fig.axes[0].get_images()[0].get_array()
     assert shown.shape == (16, tiny_model.text_encoder.config.hidden_size)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
