@@ -71,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     # what the shipped model recommends to the CLI and the app
     recommended: dict = dataclasses.field(
-        default_factory=lambda: {"steps": 20, "guidance_scale": 5.0, "height": 64, "width": 64}
+        default_factory=lambda: {"steps": 20, "guidance_scale": 2.5, "height": 64, "width": 64}
     )
 
 

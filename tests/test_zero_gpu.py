@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from sdviz import hosting, teaching_ui, ui
-from sdviz.models import Model
+from sdviz.models import Model, load_model
 from sdviz.sampler import generate
 from sdviz.sessions import PanelRun
 from sdviz.settings import RunSettings
@@ -178,12 +178,13 @@ def test_the_cfg_and_ab_tabs_run_in_a_gpu_worker_with_the_same_pictures(gpu, tin
     gpu.ran()
 
 
-def test_export_fits_missing_preview_colours_in_a_gpu_worker(gpu, tiny_run, tiny_model, tmp_path, monkeypatch):
+def test_export_fits_missing_preview_colours_in_a_gpu_worker(gpu, tiny_run, tiny_model_name, tmp_path, monkeypatch):
     monkeypatch.setattr(teaching_ui, "EXPORT_DIR", tmp_path / "exports")
-    monkeypatch.delitem(tiny_model.derived, "rgb_map", raising=False)  # a model whose colours are not fitted yet
+    model = load_model(tiny_model_name)  # the cached model the app uses (other tests may have reloaded it)
+    monkeypatch.delitem(model.derived, "rgb_map", raising=False)  # a model whose colours are not fitted yet
     with zipfile.ZipFile(Path(teaching_ui.export_run(tiny_run))) as zf:
         assert "final.png" in zf.namelist() and "animation.gif" in zf.namelist()
-    assert "rgb_map" in tiny_model.derived and gpu.ran() == ["_fit_preview_colours"]
+    assert "rgb_map" in model.derived and gpu.ran() == ["_fit_preview_colours"]
     teaching_ui.export_run(tiny_run)  # fitted once per model
     assert gpu.ran() == []
 
