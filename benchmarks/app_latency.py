@@ -85,11 +85,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from sdviz import render
-    from sdviz.models import load_model
+    from sdviz.models import load_model, use_cpu_threads
     from sdviz.sampler import generate
     from sdviz.settings import RunSettings
 
     model = load_model(args.model)
+    use_cpu_threads(model)  # what `python -m sdviz generate` does (and the app)
     render.prepare(model)
     args.steps = args.steps or model.recommended.steps
     args.guidance_scale = model.recommended.guidance_scale if args.guidance_scale is None else args.guidance_scale

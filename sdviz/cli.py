@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def generate_command(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
 
-    from sdviz.models import load_model
+    from sdviz.models import load_model, use_cpu_threads
     from sdviz.sampler import denoise
     from sdviz.settings import RunSettings
     from sdviz.trace import Trace
@@ -49,6 +49,7 @@ def generate_command(args: argparse.Namespace) -> Path:
     if args.bundle is not None and args.bundle.suffix.lower() != ".zip":
         raise SdvizError(f"--bundle must name a .zip file (got {str(args.bundle)!r}).")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    use_cpu_threads(model)  # the same thread count as the app: the same pixels
     rec = model.recommended
     settings = RunSettings(
         prompt=args.prompt,
@@ -80,10 +81,15 @@ def generate_command(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         if args.command == "generate":
             generate_command(args)
     except SdvizError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # for callers in the same process (tests)
     return 0

@@ -8,6 +8,7 @@ each run builds its own scheduler (:mod:`sdviz.schedulers`).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,31 @@ def pick_device(device: str | torch.device | None = None, dtype: str | torch.dty
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     return device, dtype
+
+
+# Torch's own thread count when sdviz was imported (all cores, or OMP_NUM_THREADS when that is set).
+_DEFAULT_THREADS = torch.get_num_threads()
+SMALL_UNET_PARAMETERS = 50_000_000  # the embedded model's U-Net has 4.8 M, SD 1.5's 860 M
+
+
+def cpu_threads(model: Model) -> int:
+    """How many torch threads a run of ``model`` uses: one for a small model on the CPU, else torch's default.
+
+    A small model's operations are too small to share out: on 2 cores the embedded model runs no faster on two
+    threads than on one, and in the app, where the web server and the loop share the cores, a second thread
+    spends its time waiting (the app's loop took 1.01 s on two threads against 0.51 s on one; see
+    docs/app.md). An OMP_NUM_THREADS set by whoever runs sdviz always wins.
+    """
+    small = sum(p.numel() for p in model.unet.parameters()) < SMALL_UNET_PARAMETERS
+    if model.device.type == "cpu" and small and "OMP_NUM_THREADS" not in os.environ:
+        return 1
+    return _DEFAULT_THREADS
+
+
+def use_cpu_threads(model: Model) -> None:
+    """Set torch's (process-wide) thread count for runs of ``model``: the CLI and the app both do, so the same
+    settings give the same pixels in both (sums over different thread counts can differ in the last bit)."""
+    torch.set_num_threads(cpu_threads(model))
 
 
 _cache: dict[tuple, Model] = {}

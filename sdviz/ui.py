@@ -44,7 +44,7 @@ from PIL import Image
 from sdviz import hosting, render, toyworld, vae
 from sdviz.errors import SdvizError
 from sdviz.hosting import allowed_models  # noqa: F401  (the allow-list, re-exported for app.py and tests)
-from sdviz.models import EMBEDDED, Model, load_model
+from sdviz.models import EMBEDDED, Model, load_model, use_cpu_threads
 from sdviz.sampler import denoise
 from sdviz.schedulers import SCHEDULERS, scheduler_name
 from sdviz.sessions import DONE, FAILED, RUNNING, STOPPED, PanelRun, SessionRuns
@@ -59,7 +59,7 @@ UI_MAX_STEPS = min(100, MAX_STEPS)
 UI_MAX_SEED = 2**32 - 1  # what the dice makes (typed seeds may go up to MAX_SEED, like the CLI's)
 MAX_PROMPT_CHARS = 2000  # far beyond what the text encoder reads (77 tokens); longer text is refused
 STATE_TTL_S = 1800  # a session's latest run lives 30 min after its last use (and goes when the tab closes)
-LIVE_BUDGET = 0.1  # live updates may hold the loop up for at most this share of a run's time
+LIVE_BUDGET = 0.05  # live updates may hold the loop up for at most this share of a run's time
 SETTLE_WAIT_S = 30  # after Stop: how long the follow-up waits for the loop to finish its current step
 GENERATE_CONCURRENCY_ID = "generate"  # text to image and image to image share one pool of slots
 PEEK_CONCURRENCY_ID = "peek"  # scrubbing and full decodes: cheap, but they use the VAE
@@ -205,6 +205,7 @@ def load_for_app(name: str) -> Model:
         model = load_model(name)
     except SdvizError as err:
         raise student_error(err) from err
+    use_cpu_threads(model)  # as the CLI does: same pixels, and a small model's loop is not slowed by idle threads
     _prepare_previews(model)
     return model
 
@@ -266,7 +267,8 @@ while the predicted x0 settles down. The red line marks the step you are looking
 
 WAITING = "appears when you press Generate"
 LATENT_CAPTIONS = ("x_t: the 4 latent channels", "x_t in colour (approximate)", "predicted x0 (approximate)")
-CFG_INFO = "How hard to follow the prompt. 1 or less means no guidance (one U-Net pass per step); 5-8 is typical."
+CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-Net pass per step). SD 1.5 likes 7.5; "
+            "the embedded model 2.5: too much overshoots.")
 
 CSS = """
 .peek-figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 190px)); gap: 12px; }
@@ -416,7 +418,8 @@ def _peek_panel() -> PeekPanel:
             explanation(EXPLAIN_DECODES)
         with gr.Row():
             with gr.Column(scale=5):
-                plot = gr.Plot(label="noise schedule and latent statistics", format="png", elem_id="peek-plot")
+                plot = gr.Plot(label="noise schedule and latent statistics", show_label=False, format="png",
+                               elem_id="peek-plot")
             with gr.Column(scale=2, min_width=280):
                 numbers = gr.Markdown(elem_id="peek-numbers")
                 gr.Markdown(EXPLAIN_PLOT, elem_classes=["explain"])

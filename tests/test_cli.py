@@ -68,3 +68,15 @@ def test_bad_input_prints_one_line_and_exits_nonzero_without_traceback(tiny_mode
     assert "error: Steps must be a whole number from 1 to 500" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_small_models_run_on_one_cpu_thread_in_the_cli_and_the_app_alike(tiny_model, monkeypatch):
+    from sdviz import models
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert models.cpu_threads(tiny_model) == 1  # a tiny U-Net on the CPU
+    monkeypatch.setattr(models, "SMALL_UNET_PARAMETERS", 0)
+    assert models.cpu_threads(tiny_model) == models._DEFAULT_THREADS  # a big one: torch's default
+    monkeypatch.setattr(models, "SMALL_UNET_PARAMETERS", 50_000_000)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert models.cpu_threads(tiny_model) == models._DEFAULT_THREADS  # the operator's choice wins
