@@ -6,8 +6,10 @@ GRADIO_SERVER_PORT; the model allow-list (SDVIZ_MODELS) and the limits (SDVIZ_CO
 SDVIZ_MAX_SESSIONS) come from the environment: see docs/deploying.md.
 """
 
+from sdviz import hosting
 from sdviz.ui import build_demo, launch_kwargs
 
+hosting.return_freed_memory()  # a server's memory stays flat over hundreds of runs (docs/reliability.md)
 demo = build_demo()
 
 if __name__ == "__main__":

@@ -475,3 +475,26 @@ def test_in_the_browser_stop_leaves_the_stopped_run_on_screen_and_on_the_slider(
         page.get_by_role("tab", name="Image to image").click()  # the upload widget is Gradio's own
         sync_api.expect(page.locator("#img2img-init input[type=file]")).to_have_count(1)
         browser.close()
+
+
+def test_large_freed_blocks_go_back_to_the_system_after_return_freed_memory():
+    """glibc's own bookkeeping is the oracle: a 4 MB block allocated after another was freed still gets its own
+    memory map (which free() hands back), instead of coming from a heap glibc keeps."""
+    import ctypes
+
+    if not hosting.return_freed_memory():
+        pytest.skip("no glibc here: nothing to tune")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    block = bytearray(4 << 20)
+    del block
+    block = bytearray(4 << 20)
+    assert mallinfo2().hblkhd - before >= 4 << 20  # mapped on its own, so freeing it returns the memory
+    del block
