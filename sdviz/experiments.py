@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,8 +126,8 @@ class Sweep:
         return any(p.accuracy is not None for p in self.points)
 
 
-def guidance_sweep(model, settings: RunSettings, scales: list[float], init_image=None, use_judge: bool | None = None,
-                   on_run: Callable[[int, int], None] | None = None) -> Sweep:
+def guidance_sweep(model, settings: RunSettings, scales: list[float], init_image=None,
+                   use_judge: bool | None = None) -> Sweep:
     """Run the same settings (same seed: same starting noise) at each guidance scale.
 
     ``use_judge``: None = the pixel judge for the embedded model (trained on the toy world) only.
@@ -137,9 +136,7 @@ def guidance_sweep(model, settings: RunSettings, scales: list[float], init_image
         use_judge = model.name == EMBEDDED
     runs = sorted(set(scales) | {UNGUIDED})
     images: dict[float, Image.Image] = {}
-    for i, g in enumerate(runs):
-        if on_run is not None:
-            on_run(i, len(runs))
+    for g in runs:
         effective = g if g > 1 else UNGUIDED  # g <= 1: the sampler runs the prompt alone; the same picture
         if effective not in images:
             images[effective] = generate(model, dataclasses.replace(settings, guidance_scale=effective), init_image).image

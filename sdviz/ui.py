@@ -154,7 +154,7 @@ def prompt_notes(model: Model, settings: RunSettings) -> tuple[str, list[str]]:
 @contextmanager
 def _no_stub_file():
     """Gradio writes a .pyi stub next to the module of every new component class, at import; a Space's app folder
-    is no place to write into, and the class below adds no events to stub."""
+    is no place to write into, and the classes below add no events to stub."""
     import gradio.component_meta as meta
 
     write_stub = meta.create_or_modify_pyi
@@ -183,8 +183,6 @@ with _no_stub_file():
             except Exception as err:  # PIL raises several kinds for files that are not pictures
                 raise student_error(UNREADABLE_PICTURE) from err
 
-
-with _no_stub_file():
     class Slider(gr.Slider):
         """Gradio's slider (the same widget), whose out-of-range message names it: "Steps: Value 0 is less than
         minimum value 1." instead of Gradio's bare "Value 0 is less than ...", which an API caller cannot place."""
@@ -363,9 +361,9 @@ def _generate_controls(defaults: RunSettings, model: Model | None, img2img: bool
     with gr.Row():
         # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why.
         steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
-                          info="How many times the U-Net is asked", elem_id=f"{prefix}-steps")
+                       info="How many times the U-Net is asked", elem_id=f"{prefix}-steps")
         guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale", info=CFG_INFO,
-                             elem_id=f"{prefix}-cfg")
+                          elem_id=f"{prefix}-cfg")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=defaults.seed, step=1, label="Seed",
                          info="Same seed + same settings = same picture", elem_id=f"{prefix}-seed", scale=3)
@@ -617,8 +615,8 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                         init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
                                                    sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
                         strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
-                                             info="How much noise to add to it first: 1 = keep almost nothing",
-                                             elem_id="img2img-strength")
+                                          info="How much noise to add to it first: 1 = keep almost nothing",
+                                          elem_id="img2img-strength")
                         img = _generate_controls(defaults, model, img2img=True)
                         if image_examples():
                             gr.Examples(image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
@@ -739,7 +737,6 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
             runs.end_session(session)
             runs.forget_expired()
 
-        settle_outputs = [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode, panel.animation]
         events = []
         for controls, fn, inputs, name in (
             (txt, txt2img, [txt.prompt, txt.negative_prompt, txt.steps, txt.guidance_scale, txt.seed, txt.scheduler],
@@ -754,7 +751,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                 concurrency_limit=concurrency_limit, show_progress="hidden",
             )
             # The page runs this after the event succeeded, failed or was cancelled (the API does not).
-            event.then(settle, None, settle_outputs, api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID,
+            event.then(settle, None, panel.all_outputs(), api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID,
                        concurrency_limit=PEEK_CONCURRENCY, show_progress="hidden")
             controls.stop.click(request_stop, None, None, cancels=[event], api_visibility="private", queue=False)
             controls.dice.click(lambda: random.randint(0, UI_MAX_SEED), None, controls.seed,
