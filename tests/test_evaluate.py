@@ -41,6 +41,20 @@ def test_accuracy_counts_each_attribute_the_caption_names():
     assert accuracy([wrong_colour])["size"] is None
 
 
+def test_seed_spread_scores_each_seed_on_its_own():
+    import dataclasses
+    right = drawn_judgement(Prompt("red", "triangle", "left", None))
+    wrong_colour = drawn_judgement(Prompt("red", "triangle", "left", None), colour="blue")
+    # seed 0: both pictures right; seed 1: one of two wrong in colour; seed 2: the colour wrong in both
+    judgements = [dataclasses.replace(j, seed=seed) for seed, j in
+                  [(0, right), (0, right), (1, right), (1, wrong_colour), (2, wrong_colour), (2, wrong_colour)]]
+    spread = evaluate.seed_spread(judgements)
+    assert spread["colour"] == [0.0, 1.0] and spread["all"] == [0.0, 1.0]
+    assert spread["shape"] == [1.0, 1.0] and spread["position"] == [1.0, 1.0]
+    assert "size" not in spread  # no caption names a size
+    assert accuracy(judgements)["colour"] == 0.5  # the pooled figure hides the spread
+
+
 def test_a_picture_that_is_no_clear_shape_is_wrong_on_every_attribute():
     blank = Image.new("RGB", (64, 64), (240, 240, 240))
     j = Judgement(Prompt("red", "circle", "center", "big"), 0, 5.0, judge(blank), blank)
