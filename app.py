@@ -6,10 +6,12 @@ GRADIO_SERVER_PORT; the model allow-list (SDVIZ_MODELS) and the limits (SDVIZ_CO
 SDVIZ_MAX_SESSIONS) come from the environment: see docs/deploying.md.
 """
 
-from sdviz import hosting
-from sdviz.ui import build_demo, launch_kwargs
+from sdviz.memory import return_freed_memory
 
-hosting.return_freed_memory()  # a server's memory stays flat over hundreds of runs (docs/reliability.md)
+return_freed_memory()  # first, before torch and Gradio: memory stays flat over hundreds of runs (docs/reliability.md)
+
+from sdviz.ui import build_demo, launch_kwargs  # noqa: E402 (after the call above, on purpose)
+
 demo = build_demo()
 
 if __name__ == "__main__":

@@ -18,10 +18,8 @@ those functions take and return plain values. Everywhere else :func:`gpu` return
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -152,24 +150,3 @@ def secure_launch_settings() -> dict:
         "allowed_paths": [],  # serve nothing from disk beyond Gradio's own cache and uploads
         "ssr_mode": False,  # no Node server-side rendering (one process less; SSR breaks some clients)
     }
-
-
-# --- Memory ---------------------------------------------------------------------------------------------
-
-def return_freed_memory() -> bool:
-    """Make glibc give large freed blocks back to the system (the server calls this once, at start).
-
-    glibc serves blocks over 128 KiB with their own memory map and unmaps them when freed, but after the first
-    such free it raises that threshold (up to 32 MiB) and serves later ones from its heap, which it keeps. A
-    server that draws plots and pictures of a few MB grew by ~40 MB that way in its first 50 runs (50.3 MB over
-    300 runs, against 0 with a fixed threshold; docs/reliability.md). Fixing the threshold at 128 KiB stops the
-    raising. Returns False where there is no glibc (macOS, Windows, musl): nothing to do there.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 128 * 1024))

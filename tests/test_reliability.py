@@ -479,9 +479,10 @@ def test_in_the_browser_stop_leaves_the_stopped_run_on_screen_and_on_the_slider(
 
 MAPPED_AFTER_FREE = """
 import ctypes, sys
-from sdviz import hosting  # imports torch and the rest, as the server does before the call
-if sys.argv[1] == "call" and not hosting.return_freed_memory():
+from sdviz.memory import return_freed_memory
+if sys.argv[1] == "call" and not return_freed_memory():  # first thing, as app.py does
     print("no glibc"); raise SystemExit
+from sdviz import hosting  # then torch, diffusers and the rest, as the server imports them
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                                                 "uordblks", "fordblks", "keepcost")]
