@@ -46,7 +46,7 @@ GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5, 12.0)
 SIZE_WORDS = (None, "small", "big")  # the caption forms: no size word, then each size
 ATTRIBUTES = ("colour", "shape", "position", "size")
 # Seeds per prompt. One seed's starting noise shapes all its pictures alike, so the seed count matters more
-# than the prompt count: with seeds 0-3 the shipped model scored colour 93% and position 98%, with seeds 4-9
+# than the prompt count: with seeds 0-3 an earlier model scored colour 93% and position 98%, with seeds 4-9
 # 85% and 89%, with 10-15 83% and 81%.
 DEFAULT_SEEDS = 12
 PSNR_SEED = 20_251_127  # fresh pictures: training draws its pictures from seeds 0..7007

@@ -266,7 +266,7 @@ while the predicted x0 settles down. The red line marks the step you are looking
 WAITING = "appears when you press Generate"
 LATENT_CAPTIONS = ("x_t: the 4 latent channels", "x_t in colour (approximate)", "predicted x0 (approximate)")
 CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-Net pass per step). SD 1.5 likes 7.5; "
-            "the embedded model 2.5: too much overshoots.")
+            "the embedded model 2: too much overshoots.")
 
 CSS = """
 .peek-figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 190px)); gap: 12px; }

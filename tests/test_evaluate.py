@@ -93,3 +93,20 @@ def test_quick_run_writes_json_markdown_and_grids(tiny_model_dir, tmp_path):
     assert "| guidance | colour | shape | position | size | all | clean |" in text
     assert "](images/eval_grid.png)" in text and "](images/eval_guidance.png)" in text
     assert Image.open(images / "eval_grid.png").width > 0 and Image.open(images / "eval_guidance.png").width > 0
+
+
+def test_guidance_is_chosen_on_prompts_the_evaluation_never_asks():
+    """benchmarks/choose_guidance.py: seen combinations in every caption form, none held out, at other seeds."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "choose_guidance.py"
+    spec = importlib.util.spec_from_file_location("choose_guidance", path)
+    choose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose)
+    prompts = choose.validation_prompts()
+    combos = {(p.colour, p.shape, p.position) for p in prompts}
+    assert len(combos) == 9 and len(prompts) == 27
+    assert not combos & set(toyworld.HELD_OUT)
+    assert {p.size for p in prompts} == set(evaluate.SIZE_WORDS)
+    assert not set(choose.SEEDS) & set(range(evaluate.DEFAULT_SEEDS))
