@@ -42,15 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 2.5, 3.0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's recommended number")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    steps = args.steps or model.recommended.steps
     prompts = validation_prompts()
     print(f"{len(prompts)} prompts x {len(SEEDS)} seeds (e.g. {prompts[0].text!r})", flush=True)
     for scale in args.scales:
-        judged = evaluate.generate_and_judge(model, prompts, SEEDS, scale, args.steps)
+        judged = evaluate.generate_and_judge(model, prompts, SEEDS, scale, steps)
         result = evaluate.accuracy(judged)
         print(f"guidance {scale:g}: " + ", ".join(
             f"{k} {v:.1%}" for k, v in result.items() if isinstance(v, float)), flush=True)

@@ -56,18 +56,19 @@ class TrainConfig:
     caption_noise: float = 0.2
     # ... until the last stage, which sees cleaner captions (as SD's last stages trained on better-captioned
     # subsets of its data): the model keeps what noisy captions taught the unconditional side, and its
-    # conditional side sharpens. Measured on a fine-tune of the previous model, 700 steps: colour at the
-    # recommended guidance 85% -> 98%, with guidance 1 still clearly worse (docs/embedded-model.md).
+    # conditional side sharpens. Measured on a fine-tune of the previous model, 700 steps: colour at
+    # guidance 2.5 85% -> 98%, with guidance 1 still clearly worse (docs/embedded-model.md).
     layout_caption_noise: float = 0.05
     min_snr_gamma: float = 5.0
     # The layout (where the shape goes) is decided at the noisiest steps, where the epsilon loss hardly
     # sees the picture: an error e in the predicted clean latents costs only SNR * e^2 there (SNR 0.005 at
     # t=999). A floor on that weight (1.0 is what v-prediction gives) lets those steps learn position words.
     x0_weight_floor: float = 1.0
-    # stage 3: layout (and cleaner captions, above). Plain training learns colour and shape but not position words: even at t=999,
-    # SD's schedule leaves a faint layout in x_t, and the U-Net learns to copy it from the noise instead of
-    # reading "on the left". More steps continue the U-Net and text encoder with coarse "pyramid" noise
-    # (4x4, 2x2, 1x1 layers, decaying weights) that hides that faint layout, and more noisy timesteps.
+    # stage 3: layout (and the cleaner captions above). Plain training learns colour and shape but not position
+    # words: even at t=999, SD's schedule leaves a faint layout in x_t, and the U-Net learns to copy it from the
+    # noise instead of reading "on the left". More steps continue the U-Net and text encoder with coarse
+    # "pyramid" noise (4x4, 2x2, 1x1 layers, decaying weights) that hides that faint layout, and more noisy
+    # timesteps.
     layout_steps: int = 2000
     layout_lr: float = 4e-4
     pyramid_noise_discount: float = 0.6
@@ -204,14 +205,14 @@ def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: t
             rng = random.Random(cfg.seed * 1000 + 7 + step)
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + step)
         layout = step >= cfg.unet_steps
+        caption_noise = cfg.layout_caption_noise if layout else cfg.caption_noise
         for group in opt.param_groups:
             group["lr"] = (lr_at(step - cfg.unet_steps, cfg.layout_steps, cfg.layout_lr, cfg.warmup_steps) if layout
                            else lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps))
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         mean, std = data["mean"][idx], data["std"][idx]
         latents = (mean + std * torch.randn(mean.shape, generator=gen)).to(device) * scale
-        noise_level = cfg.layout_caption_noise if layout else cfg.caption_noise
-        captions = [random_caption(rng, data["scenes"][i], cfg, noise_level) for i in idx.tolist()]
+        captions = [random_caption(rng, data["scenes"][i], cfg, caption_noise) for i in idx.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(device)
         noise = training_noise(latents.shape, gen, cfg.pyramid_noise_discount if layout else 0.0).to(device)

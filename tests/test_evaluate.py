@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import random
+from pathlib import Path
 
 from PIL import Image
 
@@ -42,7 +45,6 @@ def test_accuracy_counts_each_attribute_the_caption_names():
 
 
 def test_seed_spread_scores_each_seed_on_its_own():
-    import dataclasses
     right = drawn_judgement(Prompt("red", "triangle", "left", None))
     wrong_colour = drawn_judgement(Prompt("red", "triangle", "left", None), colour="blue")
     # seed 0: both pictures right; seed 1: one of two wrong in colour; seed 2: the colour wrong in both
@@ -97,9 +99,6 @@ def test_quick_run_writes_json_markdown_and_grids(tiny_model_dir, tmp_path):
 
 def test_guidance_is_chosen_on_prompts_the_evaluation_never_asks():
     """benchmarks/choose_guidance.py: seen combinations in every caption form, none held out, at other seeds."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "choose_guidance.py"
     spec = importlib.util.spec_from_file_location("choose_guidance", path)
     choose = importlib.util.module_from_spec(spec)
