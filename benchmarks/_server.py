@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT))  # the scripts import sdviz from this checkout
 
 SERVER = """
 import sys
-from sdviz.memory import return_freed_memory
+from sdviz.app.memory import return_freed_memory
 return_freed_memory()  # first, as app.py does
-from sdviz.ui import build_demo, launch_kwargs
+from sdviz.app.layout import build_demo, launch_kwargs
 demo = build_demo([sys.argv[1]])
 demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True, **launch_kwargs())
 """

@@ -5,7 +5,7 @@ Starts the app in its own process (as `python app.py` would), then, from this pr
 - first frame: seconds from sending a /txt2img request to receiving the first update that shows a step
   (client side: queueing, the first U-Net pass, rendering, the wire);
 - full run: seconds from the request to the final picture, against the CLI's own generation time for the
-  same settings (`sdviz.sampler.generate`, the loop `python -m sdviz generate` runs, warm, in this
+  same settings (`sdviz.pipeline.sampler.generate`, the loop `python -m sdviz generate` runs, warm, in this
   process while the server idles); runs alternate, the figure is the median of the per-pair ratios;
 - bytes per streamed step: each update's JSON payload plus the pictures it points to that the page has
   not fetched yet (fetched here like the browser does); median and largest.
@@ -61,14 +61,14 @@ def app_run(client, http: httpx.Client, args) -> dict:
 
 def follow_up_seconds(model, trace) -> float:
     """Server-side cost of what comes after the final picture: animation, two full decodes, the plot."""
-    from sdviz import render
+    from sdviz.lessons import peek
 
     started = time.perf_counter()
-    render.run_animation(model, trace)
-    cache = render.DecodeCache(trace)
+    peek.run_animation(model, trace)
+    cache = peek.DecodeCache(trace)
     cache.get(model, len(trace.steps) - 1, "x_t")
     cache.get(model, len(trace.steps) - 1, "x0")
-    fig = render.schedule_figure(trace.steps, len(trace.steps) - 1, len(trace.steps))
+    fig = peek.schedule_figure(trace.steps, len(trace.steps) - 1, len(trace.steps))
     fig.savefig(tempfile.TemporaryFile(), format="png")
     return time.perf_counter() - started
 
@@ -84,14 +84,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    from sdviz import render
-    from sdviz.models import load_model, use_cpu_threads
-    from sdviz.sampler import generate
-    from sdviz.settings import RunSettings
+    from sdviz.lessons import peek
+    from sdviz.pipeline.models import load_model, use_cpu_threads
+    from sdviz.pipeline.sampler import generate
+    from sdviz.pipeline.settings import RunSettings
 
     model = load_model(args.model)
     use_cpu_threads(model)  # what `python -m sdviz generate` does (and the app)
-    render.prepare(model)
+    peek.prepare(model)
     args.steps = args.steps or model.recommended.steps
     args.guidance_scale = model.recommended.guidance_scale if args.guidance_scale is None else args.guidance_scale
     settings = RunSettings(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)

@@ -1,6 +1,6 @@
 """Choose the embedded model's recommended guidance scale without looking at the evaluation's pictures.
 
-`python -m sdviz.evaluate` reports accuracy on held-out prompts (colour + shape + position combinations
+`python -m sdviz.toy.evaluate` reports accuracy on held-out prompts (colour + shape + position combinations
 training never shows) at seeds 0-11. Picking the guidance scale from that table would tune on the test.
 This script asks for 9 random combinations that training *does* show, in the same three caption forms,
 at seeds 100-107, and prints the same accuracies for a few guidance scales; the recommended scale in
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdviz import evaluate, toyworld  # noqa: E402
-from sdviz.models import EMBEDDED_MODEL_DIR, load_model  # noqa: E402
+from sdviz.pipeline.models import EMBEDDED_MODEL_DIR, load_model  # noqa: E402
+from sdviz.toy import evaluate, world  # noqa: E402
 
 SEEDS = list(range(100, 108))
 
@@ -31,9 +31,9 @@ def validation_prompts(count: int = 9, seed: int = 123) -> list[evaluate.Prompt]
     rng = random.Random(seed)
     combos: set[tuple[str, str, str]] = set()
     while len(combos) < count:
-        combo = (rng.choice(list(toyworld.COLOURS)), rng.choice(list(toyworld.SHAPES)),
-                 rng.choice(list(toyworld.POSITIONS)))
-        if combo not in toyworld.HELD_OUT:
+        combo = (rng.choice(list(world.COLOURS)), rng.choice(list(world.SHAPES)),
+                 rng.choice(list(world.POSITIONS)))
+        if combo not in world.HELD_OUT:
             combos.add(combo)
     return [evaluate.Prompt(c, s, p, z) for z in evaluate.SIZE_WORDS for c, s, p in sorted(combos)]
 

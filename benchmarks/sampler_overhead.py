@@ -23,10 +23,10 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdviz import toymodel  # noqa: E402
-from sdviz.models import load_model  # noqa: E402
-from sdviz.sampler import generate  # noqa: E402
-from sdviz.settings import RunSettings  # noqa: E402
+from sdviz.pipeline.models import load_model  # noqa: E402
+from sdviz.pipeline.sampler import generate  # noqa: E402
+from sdviz.pipeline.settings import RunSettings  # noqa: E402
+from sdviz.toy import model as toy_model  # noqa: E402
 
 # SD 1.5's configs (stable-diffusion-v1-5/stable-diffusion-v1-5, unet/vae/text_encoder config.json)
 SD15_UNET = dict(
@@ -52,7 +52,7 @@ QUICK_TEXT = dict(SD15_TEXT, hidden_size=64, intermediate_size=128, num_hidden_l
 
 def build(folder: Path, quick: bool) -> None:
     torch.manual_seed(0)
-    tokenizer = toymodel.build_tokenizer(max_length=77)
+    tokenizer = toy_model.build_tokenizer(max_length=77)
     text_config = CLIPTextConfig(**(QUICK_TEXT if quick else SD15_TEXT), bos_token_id=0, eos_token_id=1, pad_token_id=1)
     StableDiffusionPipeline(
         vae=AutoencoderKL(**(QUICK_VAE if quick else SD15_VAE)),

@@ -1,6 +1,6 @@
 """Command line: ``python -m sdviz generate --prompt "a big red circle" --out out/``.
 
-Writes ``final.png``, ``settings.json`` and ``trace.npz`` (see :meth:`sdviz.trace.Trace.save`).
+Writes ``final.png``, ``settings.json`` and ``trace.npz`` (see :meth:`sdviz.pipeline.trace.Trace.save`).
 Bad input prints one clear line and exits with status 2; no traceback.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sdviz.errors import SdvizError
-from sdviz.schedulers import SCHEDULERS
+from sdviz.pipeline.schedulers import SCHEDULERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def generate_command(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
 
-    from sdviz.models import load_model, use_cpu_threads
-    from sdviz.sampler import denoise
-    from sdviz.settings import RunSettings
-    from sdviz.trace import Trace
+    from sdviz.pipeline.models import load_model, use_cpu_threads
+    from sdviz.pipeline.sampler import denoise
+    from sdviz.pipeline.settings import RunSettings
+    from sdviz.pipeline.trace import Trace
 
     if args.bundle is not None and args.bundle.suffix.lower() != ".zip":
         raise SdvizError(f"--bundle must name a .zip file (got {str(args.bundle)!r}).")
@@ -72,7 +72,7 @@ def generate_command(args: argparse.Namespace) -> Path:
     out = trace.save(args.out)
     print(f"saved {out / 'final.png'}, {out / 'settings.json'} and {out / 'trace.npz'} ({trace.seconds:.2f} s)")
     if args.bundle is not None:
-        from sdviz.export import write_bundle
+        from sdviz.lessons.export import write_bundle
 
         print(f"saved the bundle {write_bundle(model, trace, args.bundle)}")
     return out

@@ -15,10 +15,10 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdviz import toymodel
-from sdviz.models import load_model
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
+from sdviz.pipeline.models import load_model
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
+from sdviz.toy import model as toy_model
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (apt-get install chromium); .ci/run installs it
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -37,10 +37,10 @@ def build_tiny_pipeline() -> StableDiffusionPipeline:
         block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4,
     )
-    tokenizer = toymodel.build_tokenizer()
+    tokenizer = toy_model.build_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=toymodel.MAX_TOKENS,
+        num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=toy_model.MAX_TOKENS,
     ))
     # SD 1.5's own scheduler settings
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -83,7 +83,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def launch_app(tmp_path_factory):
     """Launches Gradio demos on free local ports, their files in a temporary folder; closed after the module."""
-    from sdviz.ui import launch_kwargs  # Gradio, imported only by the tests that serve the app
+    from sdviz.app.layout import launch_kwargs  # Gradio, imported only by the tests that serve the app
 
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
@@ -113,7 +113,7 @@ def chromium() -> Path:
 @pytest.fixture(scope="module")
 def browser_app_url(chromium, tiny_model_dir, launch_app) -> str:
     """The app on the tiny model, for the browser tests (launched only where they can run)."""
-    from sdviz.ui import build_demo
+    from sdviz.app.layout import build_demo
 
     return launch_app(build_demo([str(tiny_model_dir)]))
 

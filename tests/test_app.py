@@ -14,13 +14,17 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 from PIL import Image
 
-from sdviz import ui
+from sdviz.app import components, playground, services
+from sdviz.app.components import EXAMPLES_DIR
+from sdviz.app.hosting import allowed_models
+from sdviz.app.layout import build_demo
+from sdviz.app.playground import run_settings
+from sdviz.app.services import load_for_app
 from sdviz.cli import main as cli
 from sdviz.errors import SdvizError
-from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.sampler import denoise
-from sdviz.settings import RunSettings, check_settings
-from sdviz.ui import EXAMPLES_DIR, allowed_models, build_demo, load_for_app, run_settings
+from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
+from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline.settings import RunSettings, check_settings
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
 
@@ -172,7 +176,7 @@ def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
 @pytest.fixture
 def panel_and_states():
     with gr.Blocks():
-        panel = ui._peek_panel()
+        panel = components.peek_panel()
         final = gr.Image()
         run_state = gr.State()
     return panel, final, run_state
@@ -189,9 +193,9 @@ def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, p
         finally:
             closed.append(True)
 
-    monkeypatch.setattr(ui, "denoise", watched_denoise)
+    monkeypatch.setattr(services, "denoise", watched_denoise)
     settings = RunSettings(prompt="a red circle", steps=200, guidance_scale=5.0)
-    event = ui.live_run(*panel_and_states, str(tiny_model_dir), settings)
+    event = playground.live_run(*panel_and_states, str(tiny_model_dir), settings)
     next(event)  # "Starting"
     first = next(event)  # the first step, on screen
     panel = panel_and_states[0]
@@ -203,7 +207,7 @@ def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, p
 def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, panel_and_states):
     panel, final, run_state = panel_and_states
     settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
-    updates = list(ui.live_run(panel, final, run_state, str(tiny_model_dir), settings))
+    updates = list(playground.live_run(panel, final, run_state, str(tiny_model_dir), settings))
     live = [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
     assert live and all(u[panel.latents].count("data:image/png;base64,") == 3 for u in live)
     assert all(u[panel.noise].count("data:image/png;base64,") == 4 for u in live)
@@ -215,10 +219,10 @@ def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, pa
 def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir, panel_and_states):
     panel = panel_and_states[0]
     settings = RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0)
-    last = list(ui.live_run(*panel_and_states, str(tiny_model_dir), settings))[-1]
+    last = list(playground.live_run(*panel_and_states, str(tiny_model_dir), settings))[-1]
     assert last[panel.noise].count("data:image/png;base64,") == 2 and "CFG ≤ 1" in last[panel.noise]
 
 
 def test_an_error_in_the_loop_reaches_the_page_as_a_gr_error(tiny_model_dir, panel_and_states):
     with pytest.raises(gr.Error, match="Unknown scheduler"):
-        list(ui.live_run(*panel_and_states, str(tiny_model_dir), RunSettings(prompt="x", steps=4, scheduler="nope")))
+        list(playground.live_run(*panel_and_states, str(tiny_model_dir), RunSettings(prompt="x", steps=4, scheduler="nope")))

@@ -9,30 +9,47 @@ import pytest
 import torch
 from PIL import Image
 
-from sdviz import attention
-from sdviz.attention import (
-    AttentionRecorder,
-    attention_probs,
-    capture_run,
+from sdviz.errors import SdvizError
+from sdviz.lessons.text_attention import (
     describe_tokens,
     embedding_figure,
     embedding_matrix,
-    install_capture,
-    layer_size,
+    overlay,
     token_gallery,
-    token_groups,
     token_rows,
 )
-from sdviz.errors import SdvizError
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
-from sdviz.text import tokenize
+from sdviz.pipeline import capture
+from sdviz.pipeline.capture import (
+    AttentionRecorder,
+    attention_probs,
+    capture_run,
+    install_capture,
+    layer_size,
+    token_groups,
+)
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.text import tokenize
 
 SETTINGS = RunSettings(prompt="a big red circle on the left", steps=3, guidance_scale=6.0, seed=4)
 
 
 def cross_attention_layers(model):
     return [m for n, m in model.unet.named_modules() if n.endswith("attn2")]
+
+
+@pytest.fixture
+def recorded_layers(monkeypatch) -> list:
+    """Every (step, layer name, weights [heads, pixels, tokens]) a capture run hands its recorder."""
+    seen = []
+    add = AttentionRecorder.add
+
+    def spy(self, name, probs, heads):
+        seen.append((len(self.steps), name, probs.clone()))
+        add(self, name, probs, heads)
+
+    monkeypatch.setattr(AttentionRecorder, "add", spy)
+    return seen
 
 
 def test_capture_does_not_change_the_picture(tiny_model):
@@ -47,12 +64,12 @@ def test_capture_does_not_change_the_picture(tiny_model):
     assert torch.equal(generate(tiny_model, SETTINGS).final_latents, plain.final_latents)
 
 
-def test_weights_sum_to_one_over_tokens_before_aggregation(tiny_model):
-    trace, maps = capture_run(tiny_model, SETTINGS, keep_layers=True)
+def test_weights_sum_to_one_over_tokens_before_aggregation(tiny_model, recorded_layers):
+    trace, maps = capture_run(tiny_model, SETTINGS)
     layers = cross_attention_layers(tiny_model)
     n_tokens = len(tokenize(tiny_model.tokenizer, SETTINGS.prompt).ids)
-    assert len(maps.raw_layers) == len(trace.steps) * len(layers)  # every layer, every step, nothing else
-    for _, name, probs in maps.raw_layers:
+    assert len(recorded_layers) == len(trace.steps) * len(layers)  # every layer, every step, nothing else
+    for _, name, probs in recorded_layers:
         heads = tiny_model.unet.get_submodule(name).heads
         assert probs.shape[0] == heads and probs.shape[2] == n_tokens
         assert torch.allclose(probs.sum(dim=-1), torch.ones(probs.shape[:2]), atol=1e-5)
@@ -77,7 +94,7 @@ def test_attention_probs_reproduce_the_layer_output(tiny_model):
     assert torch.allclose(attn.to_out[0](mixed), expected, atol=1e-5)
 
 
-def test_only_the_run_that_asked_is_recorded(tiny_model):
+def test_only_the_run_that_asked_is_recorded(tiny_model, recorded_layers):
     """A capture and a plain run at the same time on the same model: neither disturbs the other."""
     install_capture(tiny_model)
     reference = generate(tiny_model, RunSettings(prompt="a blue square", steps=3, seed=1)).final_latents
@@ -90,13 +107,13 @@ def test_only_the_run_that_asked_is_recorded(tiny_model):
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
-    def capture():
+    def captured():
         try:
-            results["capture"] = [capture_run(tiny_model, SETTINGS, keep_layers=True) for _ in range(3)]
+            results["capture"] = [capture_run(tiny_model, SETTINGS) for _ in range(3)]
         except Exception as err:  # pragma: no cover
             errors.append(err)
 
-    threads = [threading.Thread(target=plain), threading.Thread(target=capture)]
+    threads = [threading.Thread(target=plain), threading.Thread(target=captured)]
     for t in threads:
         t.start()
     for t in threads:
@@ -104,9 +121,8 @@ def test_only_the_run_that_asked_is_recorded(tiny_model):
     assert not errors
     assert all(torch.equal(r, reference) for r in results["plain"])
     n_layers = len(cross_attention_layers(tiny_model))
-    for trace, maps in results["capture"]:
-        assert len(maps.raw_layers) == len(trace.steps) * n_layers
-    assert attention._active_recorder.get() is None
+    assert len(recorded_layers) == sum(len(trace.steps) for trace, _ in results["capture"]) * n_layers
+    assert capture._active_recorder.get() is None
 
 
 def test_tokens_table_shows_start_end_and_padding(tiny_model):
@@ -174,5 +190,5 @@ def test_overlay_is_bright_where_attention_is():
     picture = Image.new("RGB", (8, 8), (0, 0, 0))
     heat = np.zeros((2, 2))
     heat[0, 0] = 1.0
-    out = np.asarray(attention.overlay(picture, heat, alpha=1.0)).astype(int)
+    out = np.asarray(overlay(picture, heat, alpha=1.0)).astype(int)
     assert out[0, 0].sum() > out[7, 7].sum()

@@ -19,9 +19,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from sdviz import models
-from sdviz.settings import MAX_INIT_PIXELS, RunSettings, check_settings
-from sdviz.ui import build_demo, run_settings
+from sdviz.app.layout import build_demo
+from sdviz.app.playground import run_settings
+from sdviz.pipeline import models
+from sdviz.pipeline.settings import MAX_INIT_PIXELS, RunSettings, check_settings
 
 NOT_ALLOWED = "nobody/not-on-the-list"
 

@@ -16,9 +16,10 @@ import re
 import time
 import zipfile
 
-from sdviz import toymodel, unet_diagram
-from sdviz.models import load_model
-from sdviz.ui import image_examples
+from sdviz.app.components import image_examples
+from sdviz.lessons import unet_diagram
+from sdviz.pipeline.models import load_model
+from sdviz.toy import model as toy_model
 
 SERVED = re.compile(r"/gradio_api/file=")  # a picture or link whose file the server made
 PICTURE = re.compile(r"/gradio_api/file=|^data:image/png;base64,")  # ... or a plot, inlined as PNG data
@@ -143,7 +144,7 @@ def test_every_tab_shows_its_content(browser_app_url, browser_page, tiny_model_d
     open_tab("Text & attention")
     page.locator("#attention-tokenize").click()
     tokens = page.locator("#attention-tokens")  # the table draws only the rows in view; the grid counts all
-    expect(tokens.locator("[role=grid]")).to_have_attribute("aria-rowcount", str(1 + toymodel.MAX_TOKENS))
+    expect(tokens.locator("[role=grid]")).to_have_attribute("aria-rowcount", str(1 + toy_model.MAX_TOKENS))
     expect(tokens.get_by_test_id("cell-0-3")).to_have_text("start")
     expect(tokens.get_by_test_id("cell-1-1")).to_have_text(img2img_prompt.split()[0])
     has_picture("attention-embeddings")

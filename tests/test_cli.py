@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from sdviz.cli import main
-from sdviz.schedulers import make_scheduler
+from sdviz.pipeline.schedulers import make_scheduler
 
 
 def test_generate_writes_final_settings_and_trace(tiny_model, tiny_model_dir, tmp_path, capsys):
@@ -71,7 +71,7 @@ def test_bad_input_prints_one_line_and_exits_nonzero_without_traceback(tiny_mode
 
 
 def test_small_models_run_on_one_cpu_thread_in_the_cli_and_the_app_alike(tiny_model, monkeypatch):
-    from sdviz import models
+    from sdviz.pipeline import models
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert models.cpu_threads(tiny_model) == 1  # a tiny U-Net on the CPU

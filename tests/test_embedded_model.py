@@ -8,12 +8,13 @@ import json
 import pytest
 from PIL import Image
 
-from sdviz import toyworld, vae
 from sdviz.cli import main as cli_main
-from sdviz.judge import judge
-from sdviz.models import EMBEDDED, EMBEDDED_MODEL_DIR, RECOMMENDED_FILE, load_model
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
+from sdviz.pipeline import vae
+from sdviz.pipeline.models import EMBEDDED, EMBEDDED_MODEL_DIR, RECOMMENDED_FILE, load_model
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
+from sdviz.toy import world
+from sdviz.toy.judge import judge
 
 MAX_WEIGHT_FILE = 10_000_000  # bytes: a Hugging Face Space stores files under 10 MB without Git LFS
 MAX_FOLDER = 30_000_000
@@ -95,7 +96,7 @@ def misses(model, guidance_scale: float) -> list[str]:
 
 
 def test_embedded_model_draws_easy_prompts_right_and_guidance_matters(embedded):
-    """A smoke test of quality; the real numbers come from `python -m sdviz.evaluate`."""
+    """A smoke test of quality; the real numbers come from `python -m sdviz.toy.evaluate`."""
     guided = misses(embedded, embedded.recommended.guidance_scale)
     unguided = misses(embedded, 1.0)  # no CFG: the U-Net's text-conditioned estimate alone
     assert len(guided) <= 2, guided  # at most two misses in ten pictures
@@ -103,5 +104,5 @@ def test_embedded_model_draws_easy_prompts_right_and_guidance_matters(embedded):
 
 
 def test_shipped_tokenizer_reads_every_toy_word_as_one_token(embedded):
-    for word in toyworld.VOCABULARY:
+    for word in world.VOCABULARY:
         assert embedded.tokenizer.tokenize(word) == [word + "</w>"], word

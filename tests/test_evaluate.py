@@ -11,23 +11,23 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdviz import evaluate, toyworld
-from sdviz.evaluate import Judgement, Prompt, accuracy, held_out_prompts, write_markdown
-from sdviz.judge import judge
+from sdviz.toy import evaluate, world
+from sdviz.toy.evaluate import Judgement, Prompt, accuracy, held_out_prompts, write_markdown
+from sdviz.toy.judge import judge
 
 
 def drawn_judgement(prompt: Prompt, **drawn) -> Judgement:
     """A judgement of a drawn picture (by default, exactly what the prompt asks for)."""
     wanted = {"colour": prompt.colour, "shape": prompt.shape, "position": prompt.position, "size": prompt.size}
-    scene = toyworld.random_scene(random.Random(0), **{**wanted, **drawn})
-    image = toyworld.draw(scene)
+    scene = world.random_scene(random.Random(0), **{**wanted, **drawn})
+    image = world.draw(scene)
     return Judgement(prompt, seed=0, guidance_scale=5.0, verdict=judge(image), image=image)
 
 
 def test_held_out_prompts_cover_every_held_out_combination_in_every_caption_form():
     prompts = held_out_prompts()
-    assert len(prompts) == len(toyworld.HELD_OUT) * 3
-    assert {(p.colour, p.shape, p.position) for p in prompts} == set(toyworld.HELD_OUT)
+    assert len(prompts) == len(world.HELD_OUT) * 3
+    assert {(p.colour, p.shape, p.position) for p in prompts} == set(world.HELD_OUT)
     assert {p.size for p in prompts} == {None, "small", "big"}
     assert "a small red triangle on the left" in {p.text for p in prompts}
     assert "a red triangle on the left" in {p.text for p in prompts}
@@ -106,6 +106,6 @@ def test_guidance_is_chosen_on_prompts_the_evaluation_never_asks():
     prompts = choose.validation_prompts()
     combos = {(p.colour, p.shape, p.position) for p in prompts}
     assert len(combos) == 9 and len(prompts) == 27
-    assert not combos & set(toyworld.HELD_OUT)
+    assert not combos & set(world.HELD_OUT)
     assert {p.size for p in prompts} == set(evaluate.SIZE_WORDS)
     assert not set(choose.SEEDS) & set(range(evaluate.DEFAULT_SEEDS))

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
 
-from sdviz import experiments, toyworld
 from sdviz.errors import SdvizError
-from sdviz.experiments import (
+from sdviz.lessons import experiments
+from sdviz.lessons.experiments import (
     guidance_sweep,
-    image_grid,
     judge_accuracy,
     parse_scales,
     project_trajectories,
@@ -24,8 +22,9 @@ from sdviz.experiments import (
     what_if,
     what_if_x0,
 )
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
+from sdviz.toy import world
 
 SETTINGS = RunSettings(prompt="a big red circle on the left", steps=4, guidance_scale=6.0, seed=3)
 
@@ -82,20 +81,25 @@ def test_sweep_same_seed_distances_from_the_unguided_picture(tiny_model):
     assert list(fig.axes[0].get_lines()[0].get_ydata()) == [d[0.5], d[1.0], d[4.0], d[12.0]]
 
 
+class SeesABigRedSquareOnTheLeft:
+    """A stand-in for the pixel judge's verdict (the tiny model's pictures show nothing the real judge knows)."""
+
+    def agrees(self, **wanted) -> dict[str, bool]:
+        seen = {"colour": "red", "shape": "square", "size": "big", "position": "left"}
+        return {k: seen[k] == v for k, v in wanted.items()}
+
+
 def test_sweep_uses_the_judge_when_asked(tiny_model, monkeypatch):
-    fake = types.ModuleType("sdviz.judge")
-    fake.judge = lambda image: {"colour": "red", "shape": "square", "size": "big", "position": "left"}
-    monkeypatch.setitem(sys.modules, "sdviz.judge", fake)
+    monkeypatch.setattr(experiments, "judge", lambda image: SeesABigRedSquareOnTheLeft())
     sweep = guidance_sweep(tiny_model, dataclasses.replace(SETTINGS, steps=2), [2.0], use_judge=True)
     assert sweep.points[0].accuracy == 0.75  # 3 of the 4 named attributes
     assert sweep.judged and len(sweep_figure(sweep).axes) == 2
 
 
 def test_the_real_judge_scores_a_drawn_toy_picture():
-    pytest.importorskip("sdviz.judge")
-    scene = toyworld.random_scene(__import__("random").Random(5), colour="red", shape="circle", size="big",
+    scene = world.random_scene(__import__("random").Random(5), colour="red", shape="circle", size="big",
                                   position="left")
-    picture = toyworld.draw(scene)
+    picture = world.draw(scene)
     assert judge_accuracy(picture, "a big red circle on the left") == 1.0
     assert judge_accuracy(picture, "a big blue circle on the left") == 0.75
     assert judge_accuracy(picture, "something else entirely") is None
@@ -144,11 +148,3 @@ def test_pca_finds_the_direction_of_a_straight_path():
     assert projection.explained[0] == pytest.approx(1.0)
     first = projection.paths[1][:, 0]
     assert np.all(np.diff(first) != 0) and np.allclose(projection.paths[1][:, 1], 0, atol=1e-9)
-
-
-def test_image_grid_puts_pictures_side_by_side(runs):
-    images = [runs[None].image, runs["ddim"].image, runs["euler"].image]
-    grid = image_grid(images, ["a", "b", "c"])
-    w, h = images[0].size
-    assert grid.size == (3 * w, h + 16)
-    assert np.array_equal(np.asarray(grid)[:h, w : 2 * w], np.asarray(images[1]))

@@ -13,9 +13,9 @@ from PIL import Image
 
 from sdviz.cli import main
 from sdviz.errors import SdvizError
-from sdviz.export import bundle_name, step_folder, write_bundle
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
+from sdviz.lessons.export import bundle_name, step_folder, write_bundle
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
 
 SETTINGS = RunSettings(prompt="a red circle", steps=3, guidance_scale=5.0, seed=2)
 

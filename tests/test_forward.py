@@ -9,9 +9,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.forward import add_noise, noise_picture, schedule_figure, schedule_levels
-from sdviz.latent_space import encode_picture, prepare_picture
-from sdviz.schedulers import make_scheduler
+from sdviz.lessons.forward import add_noise, noise_picture, schedule_figure, schedule_levels
+from sdviz.lessons.latent_space import encode_picture, prepare_picture
+from sdviz.pipeline.schedulers import make_scheduler
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.models import load_model
-from sdviz.sampler import generate
-from sdviz.schedulers import make_scheduler
-from sdviz.settings import RunSettings, check_settings, load_init_image
-from sdviz.text import tokenize
+from sdviz.pipeline.models import load_model
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.schedulers import make_scheduler
+from sdviz.pipeline.settings import RunSettings, check_settings, load_init_image
+from sdviz.pipeline.text import tokenize
 
 
 @pytest.mark.parametrize(

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from sdviz import toyworld
-from sdviz.judge import judge
+from sdviz.toy import world
+from sdviz.toy.judge import judge
 
 ATTRIBUTES = ("colour", "shape", "position", "size")
 
 
-def misses(scenes: list[toyworld.Scene], side: int = toyworld.IMAGE_SIZE) -> tuple[Counter, int]:
+def misses(scenes: list[world.Scene], side: int = world.IMAGE_SIZE) -> tuple[Counter, int]:
     """How often the judge gets each attribute wrong, and how many pictures it calls unclear."""
     wrong, unclear = Counter(), 0
     for scene in scenes:
-        verdict = judge(toyworld.draw(scene, size=side))
+        verdict = judge(world.draw(scene, size=side))
         wrong.update(a for a in ATTRIBUTES if getattr(verdict, a) != getattr(scene, a))
         unclear += not verdict.clear
     return wrong, unclear
@@ -29,7 +29,7 @@ def misses(scenes: list[toyworld.Scene], side: int = toyworld.IMAGE_SIZE) -> tup
 
 def test_judge_reads_random_drawn_scenes_right_at_least_99_percent_per_attribute():
     rng = random.Random(123)
-    scenes = [toyworld.random_scene(rng) for _ in range(600)]
+    scenes = [world.random_scene(rng) for _ in range(600)]
     wrong, unclear = misses(scenes)
     for attribute in ATTRIBUTES:
         assert wrong[attribute] <= 0.01 * len(scenes), (attribute, wrong)
@@ -38,8 +38,8 @@ def test_judge_reads_random_drawn_scenes_right_at_least_99_percent_per_attribute
 
 def test_judge_reads_every_combination_of_attributes():
     rng = random.Random(7)
-    scenes = [toyworld.random_scene(rng, colour=c, shape=s, size=z, position=p)
-              for c, s, z, p in itertools.product(toyworld.COLOURS, toyworld.SHAPES, toyworld.SIZES, toyworld.POSITIONS)]
+    scenes = [world.random_scene(rng, colour=c, shape=s, size=z, position=p)
+              for c, s, z, p in itertools.product(world.COLOURS, world.SHAPES, world.SIZES, world.POSITIONS)]
     wrong, unclear = misses(scenes)
     assert sum(wrong.values()) <= 0.01 * len(scenes), wrong
     assert unclear == 0
@@ -48,17 +48,17 @@ def test_judge_reads_every_combination_of_attributes():
 @pytest.mark.parametrize("side", [32, 128, 256])
 def test_judge_reads_pictures_of_other_sizes(side):
     rng = random.Random(side)
-    scenes = [toyworld.random_scene(rng) for _ in range(60)]
+    scenes = [world.random_scene(rng) for _ in range(60)]
     wrong, unclear = misses(scenes, side=side)
     assert not wrong and unclear == 0
 
 
 def test_judge_measures_what_was_drawn():
-    scene = toyworld.Scene(colour="blue", shape="square", size="big", position="right", cx=0.73, cy=0.5, half=0.2,
+    scene = world.Scene(colour="blue", shape="square", size="big", position="right", cx=0.73, cy=0.5, half=0.2,
                            background=(240, 240, 240))
-    verdict = judge(toyworld.draw(scene))
+    verdict = judge(world.draw(scene))
     assert verdict.clear
-    assert verdict.rgb == toyworld.COLOURS["blue"] and verdict.background == (240, 240, 240)
+    assert verdict.rgb == world.COLOURS["blue"] and verdict.background == (240, 240, 240)
     assert verdict.centre == pytest.approx((0.73, 0.5), abs=0.01)
     assert verdict.half_extent == pytest.approx(0.2, abs=0.01)
     assert verdict.fill == pytest.approx(1.0, abs=0.02)
@@ -68,11 +68,11 @@ def test_judge_measures_what_was_drawn():
 def test_upright_triangles_carry_their_mass_low_and_fill_half_their_box():
     rng = random.Random(3)
     for shape, fill, bottom in (("triangle", 0.5, 0.75), ("circle", 0.785, 0.5), ("square", 1.0, 0.5)):
-        verdict = judge(toyworld.draw(toyworld.random_scene(rng, shape=shape, size="big")))
+        verdict = judge(world.draw(world.random_scene(rng, shape=shape, size="big")))
         assert verdict.fill == pytest.approx(fill, abs=0.06)
         assert verdict.bottom_share == pytest.approx(bottom, abs=0.03)
     # Upside down, a triangle is no longer the toy world's triangle.
-    upright = toyworld.draw(toyworld.random_scene(rng, shape="triangle", size="big", position="center"))
+    upright = world.draw(world.random_scene(rng, shape="triangle", size="big", position="center"))
     assert judge(upright).shape == "triangle"
     assert judge(upright.transpose(Image.Transpose.FLIP_TOP_BOTTOM)).shape != "triangle"
 
@@ -81,9 +81,9 @@ def test_upright_triangles_carry_their_mass_low_and_fill_half_their_box():
                                         (235, 250, 225), (205, 205, 205), (255, 255, 255)])
 def test_background_tint_does_not_fool_the_judge(background):
     rng = random.Random(sum(background))
-    for colour in toyworld.COLOURS:
-        scene = dataclasses.replace(toyworld.random_scene(rng, colour=colour), background=background)
-        verdict = judge(toyworld.draw(scene))
+    for colour in world.COLOURS:
+        scene = dataclasses.replace(world.random_scene(rng, colour=colour), background=background)
+        verdict = judge(world.draw(scene))
         assert verdict.clear
         assert (verdict.colour, verdict.shape, verdict.position, verdict.size) == (
             scene.colour, scene.shape, scene.position, scene.size)
@@ -112,15 +112,15 @@ def test_random_noise_is_flagged(seed):
 def test_mush_is_flagged():
     rng = random.Random(5)
     for _ in range(10):
-        blurred = toyworld.draw(toyworld.random_scene(rng)).filter(ImageFilter.GaussianBlur(2.5))
+        blurred = world.draw(world.random_scene(rng)).filter(ImageFilter.GaussianBlur(2.5))
         assert not judge(blurred).clear
 
 
 def test_two_shapes_are_flagged_but_a_speck_is_not():
-    left = toyworld.Scene("red", "circle", "big", "left", 0.27, 0.5, 0.2, (240, 240, 240))
+    left = world.Scene("red", "circle", "big", "left", 0.27, 0.5, 0.2, (240, 240, 240))
     right = dataclasses.replace(left, colour="blue", shape="square", position="right", cx=0.73, size="small", half=0.12)
-    pixels = np.asarray(toyworld.draw(left)).copy()
-    other = np.asarray(toyworld.draw(right))
+    pixels = np.asarray(world.draw(left)).copy()
+    other = np.asarray(world.draw(right))
     drawn = np.abs(other.astype(int) - 240).sum(axis=2) > 0
     both = pixels.copy()
     both[drawn] = other[drawn]
@@ -135,8 +135,8 @@ def test_two_shapes_are_flagged_but_a_speck_is_not():
 def test_light_pixel_noise_is_tolerated():
     rng, noise = random.Random(11), np.random.default_rng(11)
     for _ in range(50):
-        scene = toyworld.random_scene(rng)
-        pixels = np.asarray(toyworld.draw(scene), dtype=float) + noise.normal(0, 8, size=(64, 64, 3))
+        scene = world.random_scene(rng)
+        pixels = np.asarray(world.draw(scene), dtype=float) + noise.normal(0, 8, size=(64, 64, 3))
         verdict = judge(np.clip(pixels, 0, 255).astype(np.uint8))
         assert verdict.clear
         assert (verdict.colour, verdict.shape, verdict.position, verdict.size) == (
@@ -144,8 +144,8 @@ def test_light_pixel_noise_is_tolerated():
 
 
 def test_agrees_names_only_the_attributes_asked_about():
-    scene = toyworld.random_scene(random.Random(2), colour="green", shape="triangle", size="small", position="top")
-    verdict = judge(toyworld.draw(scene))
+    scene = world.random_scene(random.Random(2), colour="green", shape="triangle", size="small", position="top")
+    verdict = judge(world.draw(scene))
     assert verdict.agrees(colour="green", shape="triangle", position="top") == {
         "colour": True, "shape": True, "position": True}
     assert verdict.agrees(colour="red", size="big") == {"colour": False, "size": False}

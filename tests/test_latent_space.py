@@ -10,9 +10,9 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from PIL import Image
 
-from sdviz import vae
-from sdviz.latent_space import channels_figure, describe, explore_latents, reconstruction_error
-from sdviz.models import Model, Recommended
+from sdviz.lessons.latent_space import channels_figure, describe, explore_latents, reconstruction_error
+from sdviz.pipeline import vae
+from sdviz.pipeline.models import Model, Recommended
 
 
 @pytest.fixture(scope="module")

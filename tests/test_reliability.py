@@ -30,12 +30,14 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
 
-from sdviz import hosting, render, ui
+from sdviz.app import hosting, layout, playground, services
+from sdviz.app.sessions import DONE, RUNNING, STOPPED, SessionRuns
 from sdviz.errors import SdvizError
-from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.sampler import denoise
-from sdviz.sessions import DONE, RUNNING, STOPPED, SessionRuns
-from sdviz.trace import StepRecord, Trace
+from sdviz.lessons import peek
+from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
+from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.trace import StepRecord, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = "slowly"  # prompts with this word run 0.05 s a step (see slow_loop)
@@ -49,7 +51,7 @@ def free_port() -> int:
 
 def launch(demo: gr.Blocks) -> str:
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **ui.launch_kwargs())
+                            **layout.launch_kwargs())
     return url
 
 
@@ -76,7 +78,7 @@ def slow_loop(*args, **kwargs):
 def temp_dir(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-    mp.setattr(ui, "denoise", slow_loop)
+    mp.setattr(services, "denoise", slow_loop)
     # Gradio notices a closed tab when its heartbeat (every 15 s) fails to write; this makes it every 0.25 s
     mp.setenv("GRADIO_IS_E2E_TEST", "1")
     yield
@@ -86,7 +88,7 @@ def temp_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def busy_app(tiny_model_dir, temp_dir):
     """Three runs at a time."""
-    demo = ui.build_demo([str(tiny_model_dir)], concurrency_limit=3)
+    demo = layout.build_demo([str(tiny_model_dir)], concurrency_limit=3)
     yield launch(demo), demo
     demo.close()
 
@@ -94,7 +96,7 @@ def busy_app(tiny_model_dir, temp_dir):
 @pytest.fixture(scope="module")
 def one_slot_app(tiny_model_dir, temp_dir):
     """One run at a time, one more may wait."""
-    demo = ui.build_demo([str(tiny_model_dir)], concurrency_limit=1, queue_size=1)
+    demo = layout.build_demo([str(tiny_model_dir)], concurrency_limit=1, queue_size=1)
     yield launch(demo), demo
     demo.close()
 
@@ -180,7 +182,7 @@ def test_a_full_queue_says_so_and_closing_a_tab_frees_its_slot(one_slot_app):
         stored = demo.state_holder.session_data[tab.session].state_data
         assert any(isinstance(value, Trace) for value in stored.values())
         tab.generate(f"a red circle {SLOW}", 100, until="process_generating")  # ...and a run going
-        run = demo.sdviz_runs.latest(tab.session)  # it holds the one slot
+        run = demo.sdviz_page.runs.latest(tab.session)  # it holds the one slot
         waiting = second.submit("a blue square", steps=3, api_name="/txt2img")  # the one place in the queue
         time.sleep(0.5)
         with pytest.raises(QueueError, match="Queue is full"):
@@ -191,9 +193,9 @@ def test_a_full_queue_says_so_and_closing_a_tab_frees_its_slot(one_slot_app):
         assert waiting.result(timeout=30)[1].startswith("Done")  # the slot went to the next in line
         assert third.predict("a green circle", steps=3, api_name="/txt2img")[1].startswith("Done")
         deadline = time.monotonic() + 10  # the closed session's run and stored values are gone
-        while demo.sdviz_runs.latest(tab.session) is not None and time.monotonic() < deadline:
+        while demo.sdviz_page.runs.latest(tab.session) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert demo.sdviz_runs.latest(tab.session) is None
+        assert demo.sdviz_page.runs.latest(tab.session) is None
         assert not any(isinstance(value, Trace) for value in stored.values())
     finally:
         for c in (second, third):
@@ -207,13 +209,13 @@ def test_an_unexpected_error_is_not_shown_raw_but_the_app_keeps_serving(one_slot
         raise RuntimeError("secret detail from /root/.cache")
         yield
 
-    monkeypatch.setattr(ui, "denoise", broken_loop)
+    monkeypatch.setattr(services, "denoise", broken_loop)
     user = client(url)
     try:
         with pytest.raises(AppError) as err:
             user.predict("a red circle", steps=3, api_name="/txt2img")
         assert "secret" not in str(err.value) and "/root" not in str(err.value)
-        monkeypatch.setattr(ui, "denoise", slow_loop)
+        monkeypatch.setattr(services, "denoise", slow_loop)
         assert user.predict("a red circle", steps=3, api_name="/txt2img")[1].startswith("Done")
     finally:
         user.close()
@@ -221,23 +223,23 @@ def test_an_unexpected_error_is_not_shown_raw_but_the_app_keeps_serving(one_slot
 
 # --- Stop, and events that follow a run (called like the page calls them) ------------------------------
 
-class Page:
-    """The app's event functions, called directly for one made-up browser session."""
+class Session:
+    """The playground's handlers, called directly (as the page calls them) for one made-up browser session."""
 
     def __init__(self, demo: gr.Blocks, session: str = "session-1"):
-        self.demo = demo
+        self.page = demo.sdviz_page
         self.request = types.SimpleNamespace(session_hash=session)
-        self.fns = {fn.name: fn.fn for fn in demo.fns.values()}
 
     def generate(self, prompt: str, steps: int, scheduler: str = "ddim"):
-        return self.fns["txt2img"](prompt, "", steps, 5.0, 0, scheduler, self.demo_model, request=self.request)
+        return playground.txt2img(self.page, prompt, "", steps, 5.0, 0, scheduler, self.demo_model,
+                                  request=self.request)
 
     @property
     def demo_model(self) -> str:
-        return self.demo.sdviz_models[0]
+        return self.page.models[0]
 
     def call(self, name: str, *args):
-        return self.fns[name](*args, request=self.request)
+        return getattr(playground, name)(self.page, *args, request=self.request)
 
     def value(self, update: dict, elem_id: str):
         return next(v for k, v in update.items() if getattr(k, "elem_id", None) == elem_id)
@@ -245,11 +247,11 @@ class Page:
 
 @pytest.fixture(scope="module")
 def page_demo(tiny_model_dir):
-    return ui.build_demo([str(tiny_model_dir)])
+    return layout.build_demo([str(tiny_model_dir)])
 
 
 def test_stop_ends_the_loop_within_one_step_and_its_last_update_shows_the_stopped_run(page_demo):
-    page = Page(page_demo)
+    page = Session(page_demo)
     event = page.generate("a red circle", 100)
     next(event)  # Starting
     first = next(event)  # step 1 on screen
@@ -258,7 +260,7 @@ def test_stop_ends_the_loop_within_one_step_and_its_last_update_shows_the_stoppe
     last = next(event)
     with pytest.raises(StopIteration):
         next(event)
-    run = page_demo.sdviz_runs.latest("session-1")
+    run = page_demo.sdviz_page.runs.latest("session-1")
     assert run.outcome == STOPPED and len(run.steps) <= 2  # the step in progress, no more
     status = page.value(last, "peek-status")
     assert status.startswith(f"Stopped at step **{len(run.steps)} / 100**")
@@ -267,13 +269,13 @@ def test_stop_ends_the_loop_within_one_step_and_its_last_update_shows_the_stoppe
 
 
 def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_older_one(page_demo):
-    page = Page(page_demo, "session-2")
+    page = Session(page_demo, "session-2")
     list(page.generate("a blue square", 4))  # a finished run, then a stopped one
     event = page.generate("a red circle", 300)
     next(event), next(event), next(event)
     event.close()  # Gradio's cancel closes the event between updates: its last update never arrives
     settled = page.call("settle")  # the page runs this after the cancel
-    run = page_demo.sdviz_runs.latest("session-2")
+    run = page_demo.sdviz_page.runs.latest("session-2")
     assert run.outcome == STOPPED and 0 < len(run.steps) < 300
     assert page.value(settled, "peek-status").startswith(f"Stopped at step **{len(run.steps)} / 300**")
     assert page.value(settled, "peek-step").maximum == max(len(run.steps), 2)
@@ -283,7 +285,7 @@ def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_old
 
 
 def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeypatch):
-    page = Page(page_demo, "session-3")
+    page = Session(page_demo, "session-3")
     list(page.generate("a blue square", 4))
     assert page.value(page.call("settle"), "peek-animation") is not None  # normally: the animation
     newer = page.generate("a red circle", 100)
@@ -292,14 +294,14 @@ def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeyp
     newer.close()
 
     list(page.generate("a blue square", 4))  # a newer run starts while the follow-up is being made
-    real_animation = render.run_animation
+    real_animation = peek.run_animation
 
-    def animation_then_new_run(model, trace):
-        gif = real_animation(model, trace)
-        page_demo.sdviz_runs.start("session-3", page.demo_model, 100)
+    def animation_then_new_run(rgb_map, trace):
+        gif = real_animation(rgb_map, trace)
+        page_demo.sdviz_page.runs.start("session-3", page.demo_model, 100)
         return gif
 
-    monkeypatch.setattr(render, "run_animation", animation_then_new_run)
+    monkeypatch.setattr(peek, "run_animation", animation_then_new_run)
     assert page.call("settle") == {}
 
 
@@ -341,20 +343,21 @@ def test_a_new_run_replaces_the_sessions_previous_one_and_a_closed_tab_stops_its
 def test_decodes_of_a_run_are_cached_and_bounded(tiny_model):
     runs = SessionRuns()
     run = runs.start("s", tiny_model.name, 4)
-    for item in denoise(tiny_model, ui.RunSettings(prompt="a red circle", steps=4, guidance_scale=5.0)):
+    for item in denoise(tiny_model, RunSettings(prompt="a red circle", steps=4, guidance_scale=5.0)):
         if isinstance(item, StepRecord):
             run.steps.append(item)
         else:
             run.finish(item)
-    first = run.decodes.get(tiny_model, 0, "x_t")
-    assert run.decodes.get(tiny_model, 0, "x_t") is first and run.decodes.decodes == 1
+    first = services.step_decodes(tiny_model, run, 0)
+    again = services.step_decodes(tiny_model, run, 0)
+    assert all(a is b for a, b in zip(first, again, strict=True)) and len(run.decodes) == 2  # decoded once
     assert run.decodes.max_bytes == 8 * 2**20 and run.outcome == DONE
 
 
 # --- Settings for a public Space -------------------------------------------------------------------------
 
 def test_launch_settings_are_those_of_a_public_space():
-    settings = ui.launch_kwargs()
+    settings = layout.launch_kwargs()
     assert settings["max_file_size"] == "10mb" and settings["show_error"] is False
     assert settings["enable_monitoring"] is False and settings["strict_cors"] is True
     assert not settings["allowed_paths"] and "blocked_paths" not in settings
@@ -413,14 +416,14 @@ def test_gpu_is_a_no_op_without_the_spaces_package_and_spaces_gpu_with_it(monkey
     monkeypatch.setitem(sys.modules, "spaces", fake)
     assert hosting.gpu(work, duration=hosting.loop_seconds)(1) == ("on a GPU", 2)
     assert calls == [hosting.loop_seconds]
-    assert hosting.loop_seconds("m", ui.RunSettings(steps=50)) == 40
+    assert hosting.loop_seconds("m", RunSettings(steps=50)) == 40
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert hosting.zero_gpu()
 
 
 def test_concurrent_calls_of_the_loop_share_no_state(tiny_model):
     """The same settings on four threads at once: the same latents as one run alone (a scheduler per run)."""
-    settings = ui.RunSettings(prompt="a red circle", steps=5, guidance_scale=5.0, scheduler="dpmpp_2m", seed=9)
+    settings = RunSettings(prompt="a red circle", steps=5, guidance_scale=5.0, scheduler="dpmpp_2m", seed=9)
 
     def final_latents():
         return [item for item in denoise(tiny_model, settings)][-1].final_latents
@@ -479,10 +482,10 @@ def test_in_the_browser_stop_leaves_the_stopped_run_on_screen_and_on_the_slider(
 
 MAPPED_AFTER_FREE = """
 import ctypes, sys
-from sdviz.memory import return_freed_memory
+from sdviz.app.memory import return_freed_memory
 if sys.argv[1] == "call" and not return_freed_memory():  # first thing, as app.py does
     print("no glibc"); raise SystemExit
-from sdviz import hosting  # then torch, diffusers and the rest, as the server imports them
+from sdviz.app import hosting  # then torch, diffusers and the rest, as the server imports them
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                                                 "uordblks", "fordblks", "keepcost")]

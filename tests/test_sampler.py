@@ -8,10 +8,10 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from sdviz.sampler import denoise, generate
-from sdviz.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
-from sdviz.settings import RunSettings
-from sdviz.trace import StepRecord, Trace
+from sdviz.pipeline.sampler import denoise, generate
+from sdviz.pipeline.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.trace import StepRecord, Trace
 
 PROMPT = "a big red circle on the left"
 

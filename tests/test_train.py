@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sdviz import train
-from sdviz.models import RECOMMENDED_FILE
+from sdviz.pipeline.models import RECOMMENDED_FILE
+from sdviz.toy import train
 
 MAX_WEIGHT_FILE = 10_000_000  # bytes: a Hugging Face Space stores files under 10 MB without Git LFS
 
@@ -86,3 +87,14 @@ def test_resume_continues_from_the_checkpoints_instead_of_restarting(tmp_path, m
     steps_run.clear()
     run_micro(workdir, out)
     assert steps_run[0] == (0, micro.vae_steps)
+
+
+def test_training_saves_under_runs_by_default_and_into_assets_only_when_asked(tmp_path):
+    assert train.DEFAULT_OUT == Path("runs/tiny-sd")  # git-ignored
+    shipped = train.EMBEDDED_MODEL_DIR
+    before = {p: p.stat().st_mtime_ns for p in shipped.rglob("*")}
+    for out in (shipped, shipped.parent / "another-model"):
+        with pytest.raises(SystemExit):  # argparse's error: a quick run never overwrites the shipped model
+            run_micro(tmp_path / "work", out)
+    assert {p: p.stat().st_mtime_ns for p in shipped.rglob("*")} == before
+    assert not (shipped.parent / "another-model").exists()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from matplotlib.patches import FancyBboxPatch
 
-from sdviz.unet_diagram import describe, describe_unet, diagram, human, table
+from sdviz.lessons.unet_diagram import describe, describe_unet, diagram, human, table
 
+
+def block(layout, name: str):
+    return next(b for b in layout.blocks if b.name == name)
 
 def test_blocks_and_channels_match_the_config(tiny_model):
     config = tiny_model.unet.config
@@ -15,14 +18,14 @@ def test_blocks_and_channels_match_the_config(tiny_model):
     assert [b.kind for b in up] == list(config.up_block_types)
     assert [b.out_channels for b in down] == list(config.block_out_channels)
     assert [b.out_channels for b in up] == list(reversed(config.block_out_channels))
-    assert layout.block("conv_in").in_channels == config.in_channels
-    assert layout.block("conv_out").out_channels == config.out_channels
-    assert layout.block("mid_block").in_channels == config.block_out_channels[-1]
+    assert block(layout, "conv_in").in_channels == config.in_channels
+    assert block(layout, "conv_out").out_channels == config.out_channels
+    assert block(layout, "mid_block").in_channels == config.block_out_channels[-1]
     # Cross-attention sits exactly in the CrossAttn blocks (and the mid block).
     for b in down + up:
         assert (b.cross_attention_layers > 0) == ("CrossAttn" in b.kind)
         assert b.resnets == (config.layers_per_block + (1 if b in up else 0))
-    assert layout.block("mid_block").cross_attention_layers == 1
+    assert block(layout, "mid_block").cross_attention_layers == 1
     assert layout.text_dim == config.cross_attention_dim
 
 
@@ -33,7 +36,7 @@ def test_resolutions_halve_down_and_double_up(tiny_model):
     u0, u1 = layout.on_path("expansive")
     assert (d0.resolution, d0.out_resolution) == ((16, 16), (8, 8))
     assert (d1.resolution, d1.out_resolution) == ((8, 8), (8, 8))  # the last block does not downsample
-    assert layout.block("mid_block").resolution == (8, 8)
+    assert block(layout, "mid_block").resolution == (8, 8)
     assert (u0.resolution, u0.out_resolution) == ((8, 8), (16, 16))
     assert (u1.resolution, u1.out_resolution) == ((16, 16), (16, 16))
     assert describe_unet(tiny_model, 64, 48).latent_size == (32, 24)
@@ -56,7 +59,7 @@ def test_parameter_counts_add_up_to_the_model(tiny_model):
     total = sum(p.numel() for p in tiny_model.unet.parameters())
     assert layout.total_params == total
     assert sum(b.params for b in layout.blocks) == total
-    assert layout.block("down_blocks.1").params == sum(p.numel() for p in tiny_model.unet.down_blocks[1].parameters())
+    assert block(layout, "down_blocks.1").params == sum(p.numel() for p in tiny_model.unet.down_blocks[1].parameters())
     assert all(b.params > 0 for b in layout.blocks)
     assert human(total) in describe(layout)
 

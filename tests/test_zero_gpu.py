@@ -26,11 +26,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sdviz import hosting, teaching_ui, ui
-from sdviz.models import Model, load_model
-from sdviz.sampler import generate
-from sdviz.sessions import PanelRun
-from sdviz.settings import RunSettings
+from sdviz.app import components, hosting, playground, services, teaching
+from sdviz.app.sessions import PanelRun
+from sdviz.pipeline import vae
+from sdviz.pipeline.models import Model, load_model
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
 
 NOT_PLAIN = (Model, Figure, gr.blocks.Block, gr.Progress)  # what must never cross to or from a GPU worker
 
@@ -101,13 +102,13 @@ class ForkBoundary:
 
 @pytest.fixture(scope="module")
 def zero_gpu():
-    """The fake ``spaces``, SPACES_ZERO_GPU=1, and sdviz.ui and sdviz.teaching_ui imported again under them.
-    Afterwards both modules get their own namespaces back (the very objects other tests hold)."""
+    """The fake ``spaces``, SPACES_ZERO_GPU=1, and sdviz.app.services (every GPU function) imported again under them.
+    Afterwards it gets its own namespace back (the very objects other tests hold)."""
     boundary = ForkBoundary()
     fake = types.ModuleType("spaces")
     fake.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
     fake.GPU = boundary.GPU
-    modules = (ui, teaching_ui)  # the order they import in: teaching_ui uses ui
+    modules = (services,)  # the playground and the teaching tabs call its functions through the module
     saved = {module: dict(vars(module)) for module in modules}
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "spaces", fake)
@@ -115,7 +116,7 @@ def zero_gpu():
         try:
             for module in modules:
                 importlib.reload(module)
-            assert hosting.zero_gpu() and ui._run_loop_on_gpu is not ui.run_loop  # the wrappers are the fake's
+            assert hosting.zero_gpu() and services.run_loop_on_gpu is not services.run_loop  # the wrappers are the fake's
             yield boundary
         finally:
             for module, namespace in saved.items():
@@ -142,79 +143,80 @@ def test_the_simulated_boundary_refuses_a_loaded_model_and_a_figure(tiny_model):
 
 
 def test_the_picture_tabs_run_the_vae_in_a_gpu_worker(gpu, tiny_model_name, tiny_run):
-    picture = teaching_ui.toy_picture(tiny_model_name, seed=3)
-    noisy, latents_fig, schedule_fig, text = teaching_ui.forward_view(tiny_model_name, picture, 250, 0)
+    picture = teaching.toy_picture(tiny_model_name, seed=3)
+    noisy, latents_fig, schedule_fig, text = teaching.forward_view(tiny_model_name, picture, 250, 0)
     assert noisy.size == (32, 32) and "t = 250" in text
     assert len([ax for ax in latents_fig.axes if ax.get_images()]) == 4 and schedule_fig.axes
-    decoded, channels_fig, text = teaching_ui.latent_view(tiny_model_name, teaching_ui.last_picture(tiny_run))
+    decoded, channels_fig, text = teaching.latent_view(tiny_model_name, teaching.last_picture(tiny_run))
     assert decoded.size == (32, 32) and "3x fewer numbers" in text and channels_fig.axes
-    assert gpu.ran() == ["_noise_picture", "_explore_latents"]
+    assert gpu.ran() == ["noise_picture", "explore_latents"]
 
 
 def test_the_text_tab_runs_the_text_encoder_and_the_capture_run_in_a_gpu_worker(gpu, tiny_model_name, tiny_run,
                                                                                  tiny_model):
-    rows, text, fig = teaching_ui.tokens_view(tiny_model_name, "", tiny_run)
+    rows, text, fig = teaching.tokens_view(tiny_model_name, "", tiny_run)
     assert [r[1] for r in rows[1:5]] == ["a", "big", "red", "circle"]
     assert fig.axes[0].get_images()[0].get_array().shape == (16, tiny_model.text_encoder.config.hidden_size)
-    image, gallery, slider, text, captured = teaching_ui.attention_run(tiny_model_name, "a red circle", tiny_run)
+    image, gallery, slider, text, captured = teaching.attention_run(tiny_model_name, "a red circle", tiny_run)
     assert image.size == (32, 32) and slider.maximum == len(tiny_run.steps)
     assert [caption.split(":")[0] for _, caption in gallery][:4] == ["<start>", "a", "red", "circle"]
-    step_gallery, _ = teaching_ui.attention_step(2, False, captured)  # stored maps: no model, no GPU
+    step_gallery, _ = teaching.attention_step(2, False, captured)  # stored maps: no model, no GPU
     assert [c.split(":")[0] for _, c in step_gallery] == ["a", "red", "circle"]
-    assert gpu.ran() == ["_embed_tokens", "_capture_attention"]
+    assert gpu.ran() == ["embed_tokens", "capture_attention"]
 
 
 def test_the_cfg_and_ab_tabs_run_in_a_gpu_worker_with_the_same_pictures(gpu, tiny_run):
-    gallery, fig, table = teaching_ui.cfg_sweep(tiny_run, "1, 5")
+    gallery, fig, table = teaching.cfg_sweep(tiny_run, "1, 5")
     assert [c for _, c in gallery] == ["g = 1", "g = 5"]
     assert np.array_equal(np.asarray(gallery[1][0]), np.asarray(tiny_run.image))  # g = 5 is the run itself
-    recorded, changed, text = teaching_ui.cfg_what_if(tiny_run, 1, 10.0)
+    recorded, changed, text = teaching.cfg_what_if(tiny_run, 1, 10.0)
     assert recorded.size == changed.size == (32, 32) and "g = 10" in text
-    a, b, fig, text = teaching_ui.ab_run(tiny_run, "a small blue square")
+    a, b, fig, text = teaching.ab_run(tiny_run, "a small blue square")
     assert a is tiny_run.image and b.size == a.size and "same noise" in text
     settings = tiny_run.settings
-    assert gpu.calls == [("_guidance_sweep", hosting.sweep_seconds("m", settings, [1, 5])),
-                         ("_what_if", hosting.QUICK_SECONDS), ("_prompt_ab", hosting.loop_seconds("m", settings))]
+    assert gpu.calls == [("guidance_sweep", hosting.sweep_seconds("m", settings, [1, 5])),
+                         ("what_if", hosting.QUICK_SECONDS), ("prompt_ab", hosting.loop_seconds("m", settings))]
     gpu.ran()
 
 
 def test_export_fits_missing_preview_colours_in_a_gpu_worker(gpu, tiny_run, tiny_model_name, tmp_path, monkeypatch):
-    monkeypatch.setattr(teaching_ui, "EXPORT_DIR", tmp_path / "exports")
+    monkeypatch.setattr(teaching, "EXPORT_DIR", tmp_path / "exports")
     model = load_model(tiny_model_name)  # the cached model the app uses (other tests may have reloaded it)
     monkeypatch.delitem(model.derived, "rgb_map", raising=False)  # a model whose colours are not fitted yet
-    with zipfile.ZipFile(Path(teaching_ui.export_run(tiny_run))) as zf:
+    with zipfile.ZipFile(Path(teaching.export_run(tiny_run))) as zf:
         assert "final.png" in zf.namelist() and "animation.gif" in zf.namelist()
-    assert "rgb_map" in model.derived and gpu.ran() == ["_fit_preview_colours"]
-    teaching_ui.export_run(tiny_run)  # fitted once per model
+    assert "rgb_map" in model.derived and gpu.ran() == ["fit_preview_colours"]
+    teaching.export_run(tiny_run)  # fitted once per model
     assert gpu.ran() == []
 
 
 def test_the_app_loop_streams_from_a_gpu_worker_and_the_step_slider_decodes_there(gpu, tiny_model_name, tiny_model):
     with gr.Blocks():
-        panel, final, run_state = ui._peek_panel(), gr.Image(), gr.State()
-    ui.load_for_app(tiny_model_name)
+        panel, final, run_state = components.peek_panel(), gr.Image(), gr.State()
+    services.load_for_app(tiny_model_name)
     gpu.ran()  # the preview colours: see the export test
     settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
     run = PanelRun(model=tiny_model_name, expected_steps=6)
-    updates = list(ui.live_run(panel, final, run_state, tiny_model_name, settings, run=run))
+    updates = list(playground.live_run(panel, final, run_state, tiny_model_name, settings, run=run))
     trace = updates[-1][run_state]
     assert [s.index for s in trace.steps] == list(range(6)) and updates[-1][final] is trace.image
     assert gpu.calls == [("run_loop", hosting.loop_seconds(tiny_model_name, settings))]
     gpu.ran()
-    decodes = ui._step_decodes(panel, tiny_model, run, 2)
-    assert gpu.ran() == ["_decode_pair"]
-    assert np.array_equal(np.asarray(decodes[panel.x_t_decode]), np.asarray(run.decodes.get(tiny_model, 2, "x_t")))
-    assert np.array_equal(np.asarray(decodes[panel.x0_decode]), np.asarray(run.decodes.get(tiny_model, 2, "x0")))
+    x_t, x0 = services.step_decodes(tiny_model, run, 2)
+    assert gpu.ran() == ["decode_pair"]
+    assert np.array_equal(np.asarray(x_t), np.asarray(vae.decode_to_pil(tiny_model, run.steps[2].latents)))
+    assert np.array_equal(np.asarray(x0), np.asarray(vae.decode_to_pil(tiny_model, run.steps[2].pred_x0)))
 
 
 def test_errors_inside_a_gpu_worker_still_reach_the_student(gpu, tiny_model_name, tiny_run, tiny_model):
     with pytest.raises(gr.Error, match="The timestep must be a whole number"):
-        teaching_ui.forward_view(tiny_model_name, teaching_ui.toy_picture(tiny_model_name, seed=3), 5000, 0)
+        teaching.forward_view(tiny_model_name, teaching.toy_picture(tiny_model_name, seed=3), 5000, 0)
     unguided = generate(tiny_model, RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0))
     with pytest.raises(gr.Error, match="no classifier-free guidance"):
-        teaching_ui.cfg_what_if(unguided, 1, 5.0)
+        teaching.cfg_what_if(unguided, 1, 5.0)
     with gr.Blocks():
-        panel, final, run_state = ui._peek_panel(), gr.Image(), gr.State()
+        panel, final, run_state = components.peek_panel(), gr.Image(), gr.State()
     with pytest.raises(gr.Error, match="Unknown scheduler"):
-        list(ui.live_run(panel, final, run_state, tiny_model_name, RunSettings(prompt="x", steps=4, scheduler="nope")))
-    assert gpu.ran() == ["_noise_picture", "_what_if", "run_loop"]
+        list(playground.live_run(panel, final, run_state, tiny_model_name,
+                                 RunSettings(prompt="x", steps=4, scheduler="nope")))
+    assert gpu.ran() == ["noise_picture", "what_if", "run_loop"]

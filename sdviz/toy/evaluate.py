@@ -1,9 +1,9 @@
-"""Evaluate a model on the toy world: ``python -m sdviz.evaluate [--model PATH] [--markdown docs/evaluation.md]``.
+"""Evaluate a model on the toy world: ``python -m sdviz.toy.evaluate [--model PATH] [--markdown docs/evaluation.md]``.
 
 What it measures, in order:
 1. **Held-out prompts.** Colour/shape/position combinations the model never saw in training
-   (``toyworld.HELD_OUT``), each captioned without a size word and with "small" and "big", several
-   seeds, at the model's recommended settings. The pixel judge (:mod:`sdviz.judge`) says what each
+   (``world.HELD_OUT``), each captioned without a size word and with "small" and "big", several
+   seeds, at the model's recommended settings. The pixel judge (:mod:`sdviz.toy.judge`) says what each
    picture shows; we count how often each attribute the caption names is right. A picture that is
    not one clear shape (blank, mush, several blobs) counts as wrong on every attribute.
 2. **Guidance.** The same prompts and seeds at guidance 1 (no CFG), 2, 4, 7.5 and 12 (and the
@@ -11,7 +11,7 @@ What it measures, in order:
 3. **The VAE.** Reconstruction PSNR on fresh toy pictures: how much the latent space loses.
 4. **Speed.** Median time of a default generation, and of loading the model.
 
-Every picture comes from :func:`sdviz.sampler.generate`, the same loop the app and the CLI use.
+Every picture comes from :func:`sdviz.pipeline.sampler.generate`, the same loop the app and the CLI use.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from sdviz import models, toyworld, vae
 from sdviz.errors import SdvizError
-from sdviz.judge import Verdict, judge
-from sdviz.sampler import generate
-from sdviz.schedulers import scheduler_name
-from sdviz.settings import RunSettings
+from sdviz.pipeline import models, vae
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.schedulers import scheduler_name
+from sdviz.pipeline.settings import RunSettings
+from sdviz.toy import world
+from sdviz.toy.judge import Verdict, judge
 
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5, 12.0)
 SIZE_WORDS = (None, "small", "big")  # the caption forms: no size word, then each size
@@ -52,8 +53,8 @@ DEFAULT_SEEDS = 12
 PSNR_SEED = 20_251_127  # fresh pictures: training draws its pictures from seeds 0..7007
 PSNR_PICTURES = 200
 SPEED_PROMPT = "a big red circle on the left"
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "docs" / "images"
-MARK_BEGIN, MARK_END = "<!-- sdviz.evaluate: begin -->", "<!-- sdviz.evaluate: end -->"
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "docs" / "images"
+MARK_BEGIN, MARK_END = "<!-- sdviz.toy.evaluate: begin -->", "<!-- sdviz.toy.evaluate: end -->"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        return toyworld.caption(self.colour, self.shape, self.size, self.position)
+        return world.caption(self.colour, self.shape, self.size, self.position)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Judgement:
 
 def held_out_prompts(quick: bool = False) -> list[Prompt]:
     """Every held-out combination in every caption form (--quick: three combinations, two forms)."""
-    combos = toyworld.HELD_OUT[:3] if quick else toyworld.HELD_OUT
+    combos = world.HELD_OUT[:3] if quick else world.HELD_OUT
     sizes = (None, "big") if quick else SIZE_WORDS
     return [Prompt(c, s, p, z) for z in sizes for c, s, p in combos]
 
@@ -139,7 +140,7 @@ def vae_psnr(model, n: int = PSNR_PICTURES, seed: int = PSNR_SEED) -> dict:
     side = model.recommended.width
     scores = []
     for _ in range(n):
-        picture = toyworld.draw(toyworld.random_scene(rng), size=side)
+        picture = world.draw(world.random_scene(rng), size=side)
         latents = vae.encode(model, picture, generator=None)  # the posterior's mean, no sampling noise
         decoded = vae.decode_to_pil(model, latents)
         error = np.mean((np.asarray(decoded, dtype=np.float64) - np.asarray(picture, dtype=np.float64)) ** 2)
@@ -167,7 +168,7 @@ started = time.perf_counter()
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from diffusers import StableDiffusionPipeline
-from sdviz.models import load_model
+from sdviz.pipeline.models import load_model
 imported = time.perf_counter()
 load_model(sys.argv[1], device=sys.argv[2])
 print(imported - started, time.perf_counter() - imported)
@@ -181,7 +182,7 @@ def load_seconds(name: str, device: torch.device, runs: int) -> dict:
     - imports: what that process spent importing torch, diffusers and transformers first;
     - warm: ``load_model`` again in this process after dropping the model from ``models._cache``.
     """
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
     imports, cold = [], []
     for _ in range(runs):
@@ -220,7 +221,7 @@ def save_prompt_grid(judgements: list[Judgement], path: Path, columns: int) -> P
         grid.paste(j.image.resize((TILE, TILE), Image.Resampling.NEAREST), (x, y))
         p = j.prompt
         pen.text((x + 3, y + TILE + 2), f"{p.size or ''} {p.colour} {p.shape}".strip(), fill="black", font=font)
-        pen.text((x + 3, y + TILE + 15), toyworld.POSITIONS[p.position][0], fill="black", font=font)
+        pen.text((x + 3, y + TILE + 15), world.POSITIONS[p.position][0], fill="black", font=font)
         pen.text((x + 3, y + TILE + 29), _seen(j), fill=_mark_colour(j), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
@@ -238,7 +239,7 @@ def save_guidance_grid(by_scale: dict[float, list[Judgement]], path: Path) -> Pa
     pen = ImageDraw.Draw(grid)
     for c, j in enumerate(by_scale[scales[0]]):
         pen.text((margin + c * stride + 3, 2), f"{j.prompt.colour} {j.prompt.shape}", fill="black", font=font)
-        pen.text((margin + c * stride + 3, 15), toyworld.POSITIONS[j.prompt.position][0], fill="black", font=font)
+        pen.text((margin + c * stride + 3, 15), world.POSITIONS[j.prompt.position][0], fill="black", font=font)
     for r, g in enumerate(scales):
         y = LABEL - 16 + r * (TILE + 16)
         pen.text((4, y + TILE // 2 - 6), f"g = {g:g}", fill="black", font=font)
@@ -316,7 +317,7 @@ def markdown_report(results: dict, folder: Path = Path("docs")) -> str:
         f"{gen['height']}x{gen['width']}), median of {gen['runs']} | {gen['median_s']:.2f} s |",
         f"| model load (`load_model`) in a fresh Python process, median of {load['runs']} | "
         f"{load['cold_median_s']:.2f} s (+ {load['imports_median_s']:.1f} s importing torch and diffusers) |",
-        f"| model load, warm process (`sdviz.models._cache` cleared), median of {load['runs']} | "
+        f"| model load, warm process (`sdviz.pipeline.models._cache` cleared), median of {load['runs']} | "
         f"{load['warm_median_s']:.2f} s |",
     ]
     for name in results.get("images", []):
@@ -360,7 +361,7 @@ def _print_summary(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m sdviz.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sdviz.toy.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="local pipeline folder or hub id (default: the embedded model)")
     parser.add_argument("--quick", action="store_true", help="a few prompts and runs: a smoke test in seconds")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdviz.settings import RunSettings
-from sdviz.text import Tokens
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.text import Tokens
 
 TRACE_DTYPE = torch.float16
 

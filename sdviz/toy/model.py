@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditio
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdviz import toyworld
+from sdviz.toy import world
 
 MAX_TOKENS = 16  # the toy tokenizer's model_max_length (SD uses 77)
 TEXT_DIM = 128  # width of the text embeddings, and the U-Net's cross_attention_dim
@@ -31,7 +31,7 @@ NOISE_SCHEDULE = dict(
 )
 
 
-def build_tokenizer(words: tuple[str, ...] = toyworld.VOCABULARY, max_length: int = MAX_TOKENS) -> CLIPTokenizer:
+def build_tokenizer(words: tuple[str, ...] = world.VOCABULARY, max_length: int = MAX_TOKENS) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose vocabulary holds every byte (so any text encodes) and the toy words."""
     vocab = {BOS: 0, EOS: 1}
     alphabet = sorted(ByteLevel.alphabet())  # CLIP's byte-level alphabet: nothing is ever unknown
@@ -86,14 +86,14 @@ def build_vae() -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=toyworld.IMAGE_SIZE,
+        sample_size=world.IMAGE_SIZE,
     )
 
 
 def build_unet() -> UNet2DConditionModel:
     """A small U-Net: 8x8 -> 4x4 -> 2x2 and back, cross-attention at 8x8, 4x4 and in the middle."""
     return UNet2DConditionModel(
-        sample_size=toyworld.IMAGE_SIZE // 8,
+        sample_size=world.IMAGE_SIZE // 8,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),

@@ -23,11 +23,53 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from sdviz.render import DecodeCache
-from sdviz.trace import StepRecord, Trace
+from PIL import Image
+
+from sdviz.pipeline.trace import StepRecord, Trace
 
 RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
+STATE_TTL_S = 1800  # a session's latest run lives 30 min after its last use (and goes when the tab closes)
+DECODES_MAX_BYTES = 8 * 2**20  # full decodes kept per run, for scrubbing
 _run_ids = itertools.count(1)
+
+
+class DecodedPictures:
+    """Full VAE decodes of one run's steps, keyed by (step index, "x_t" or "x0"), kept for scrubbing.
+
+    Bounded by ``max_bytes`` of pixels: the least recently used pictures go first. It only stores; the decoding
+    is done by :func:`sdviz.app.services.step_decodes`.
+    """
+
+    def __init__(self, max_bytes: int = DECODES_MAX_BYTES):
+        self.max_bytes = max_bytes
+        self._pictures: OrderedDict[tuple[int, str], Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> Image.Image | None:
+        with self._lock:
+            picture = self._pictures.get(key)
+            if picture is not None:
+                self._pictures.move_to_end(key)
+            return picture
+
+    def put(self, key: tuple[int, str], picture: Image.Image) -> None:
+        with self._lock:
+            self._pictures[key] = picture
+            self._pictures.move_to_end(key)
+            while len(self._pictures) > 1 and self._nbytes() > self.max_bytes:
+                self._pictures.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._nbytes()
+
+    def _nbytes(self) -> int:
+        return sum(p.width * p.height * len(p.getbands()) for p in self._pictures.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pictures)
 
 
 @dataclass(eq=False)
@@ -43,7 +85,7 @@ class PanelRun:
     error: str = ""
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)  # the Stop button
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # the loop is over, for good
-    _decodes: DecodeCache | None = field(default=None, repr=False)
+    decodes: DecodedPictures = field(default_factory=DecodedPictures, repr=False)
 
     def finish(self, trace: Trace) -> None:
         self.trace, self.steps, self.outcome = trace, trace.steps, DONE
@@ -55,22 +97,14 @@ class PanelRun:
                 self.outcome, self.error = outcome, error
             self.ended.set()
 
-    @property
-    def decodes(self) -> DecodeCache:
-        """Full VAE decodes of this run's steps, made on demand (the cache reads only ``.steps``)."""
-        if self._decodes is None:
-            self._decodes = DecodeCache(self)  # type: ignore[arg-type]
-        return self._decodes
-
     def nbytes(self) -> int:
-        steps = sum(s.nbytes() for s in self.steps)
-        return steps + (self._decodes.nbytes if self._decodes is not None else 0)
+        return sum(s.nbytes() for s in self.steps) + self.decodes.nbytes
 
 
 class SessionRuns:
     """The latest :class:`PanelRun` of every session, bounded by ``max_sessions`` and ``ttl_s``."""
 
-    def __init__(self, max_sessions: int = 500, ttl_s: float = 1800):
+    def __init__(self, max_sessions: int = 500, ttl_s: float = STATE_TTL_S):
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self._runs: OrderedDict[str, tuple[PanelRun, float]] = OrderedDict()  # session -> (run, last used)

@@ -17,8 +17,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sdviz import vae
-from sdviz.settings import load_init_image
+from sdviz.pipeline import vae
+from sdviz.pipeline.settings import load_init_image
 
 
 def prepare_picture(model, image, height: int | None = None, width: int | None = None) -> Image.Image:

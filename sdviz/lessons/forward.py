@@ -20,10 +20,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sdviz import vae
 from sdviz.errors import SdvizError
-from sdviz.latent_space import encode_picture, prepare_picture
-from sdviz.schedulers import current_sigma, make_scheduler
+from sdviz.lessons.latent_space import encode_picture, prepare_picture
+from sdviz.pipeline import vae
+from sdviz.pipeline.schedulers import current_sigma, make_scheduler
 
 
 @dataclass

@@ -10,7 +10,8 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from sdviz import teaching_ui as ui
+from sdviz.app import layout, texts
+from sdviz.app import teaching as ui
 
 TABS = ["Forward diffusion", "Latent space", "Text & attention", "U-Net", "CFG experiments", "Prompt A/B", "Export"]
 
@@ -20,7 +21,7 @@ def test_the_tabs_build_with_private_events(tiny_model_name):
         model_choice = gr.Dropdown([tiny_model_name], value=tiny_model_name)
         run_state = gr.State(None)
         with gr.Tabs():
-            ui.teaching_tabs(model_choice, run_state)
+            layout.teaching_tabs(model_choice, run_state)
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
     assert tabs == TABS
     fns = list(demo.fns.values())
@@ -39,7 +40,7 @@ def test_without_a_run_the_panels_ask_for_one(tiny_model_name):
                  lambda: ui.export_run(None)):
         with pytest.raises(gr.Error, match="Generate an image first"):
             call()
-    assert ui.cfg_tab_opened(None)[2] == ui.NO_RUN
+    assert ui.cfg_tab_opened(None)[2] == texts.NO_RUN
 
 
 def test_forward_and_latent_tabs(tiny_model_name, tiny_run):
@@ -48,7 +49,7 @@ def test_forward_and_latent_tabs(tiny_model_name, tiny_run):
     noisy, latents_fig, schedule_fig, text = ui.forward_view(tiny_model_name, picture, 250, 0)
     assert noisy.size == (32, 32) and "t = 250" in text
     assert len([ax for ax in latents_fig.axes if ax.get_images()]) == 4
-    assert ui.forward_view(tiny_model_name, None, 250, 0)[3] == ui.PICK_PICTURE
+    assert ui.forward_view(tiny_model_name, None, 250, 0)[3] == texts.PICK_PICTURE
     decoded, channels_fig, text = ui.latent_view(tiny_model_name, ui.last_picture(tiny_run))
     assert decoded.size == (32, 32) and "3x fewer numbers" in text
     with pytest.raises(gr.Error, match="timestep"):  # SdvizError reaches the student as gr.Error

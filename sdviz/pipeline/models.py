@@ -2,7 +2,7 @@
 
 The loaded :class:`Model` only holds the pipeline's parts (tokenizer, text encoder, U-Net, VAE and
 the scheduler's config). Nothing in it changes during a run, so one model serves many runs at once;
-each run builds its own scheduler (:mod:`sdviz.schedulers`).
+each run builds its own scheduler (:mod:`sdviz.pipeline.schedulers`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from sdviz.errors import SdvizError
 
 EMBEDDED = "embedded"
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-sd"
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd"
 RECOMMENDED_FILE = "sdviz_recommended.json"  # steps, guidance and size the model works best with
 
 # What the model cards recommend for the real checkpoints sdviz knows.
@@ -153,7 +153,7 @@ def _load(name: str, device: torch.device, dtype: torch.dtype) -> Model:
     if name == EMBEDDED:
         path = EMBEDDED_MODEL_DIR
         if not (path / "model_index.json").exists():
-            raise SdvizError(f"The embedded model is missing from {path}: train it with `python -m sdviz.train`.")
+            raise SdvizError(f"The embedded model is missing from {path}: train it with `python -m sdviz.toy.train`.")
     else:
         path = Path(name).expanduser()
     local = path.exists()

@@ -1,10 +1,10 @@
-"""Text conditioning, seen from the U-Net's side: which word does each part of the picture listen to?
+"""Capturing cross-attention during a run: which word does each part of the picture listen to?
 
-The prompt becomes tokens, the tokens become CLIP embeddings (one vector per token), and the U-Net reads
-them through its cross-attention layers (``attn2`` in every transformer block). In each such layer every
-latent pixel asks "which tokens matter to me?" and gets a softmax over the tokens: weights that add up to
-1. Averaged over the attention heads and layers, those weights form one heat map per token, which word
-"lands" where.
+The U-Net reads the prompt's CLIP embeddings through its cross-attention layers (``attn2`` in every
+transformer block). In each such layer every latent pixel asks "which tokens matter to me?" and gets a
+softmax over the tokens: weights that add up to 1. Averaged over the attention heads and layers, those
+weights form one heat map per token: which word "lands" where. (:mod:`sdviz.lessons.text_attention`
+draws them.)
 
 Capturing them must not change the picture, and other users may be running the same model at the same
 moment. So the capture is installed once per model as a thin wrapper around each ``attn2`` layer's own
@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
-from sdviz.text import Tokens, embed, tokenize
-from sdviz.trace import StepRecord, Trace
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.text import Tokens, tokenize
+from sdviz.pipeline.trace import StepRecord, Trace
 
 START, END = "<start>", "<end>"
 
@@ -38,64 +35,13 @@ START, END = "<start>", "<end>"
 _active_recorder: ContextVar[AttentionRecorder | None] = ContextVar("sdviz_attention_recorder", default=None)
 
 
-# 1. Tokens and embeddings ------------------------------------------------------------------------------
-
-
 def token_label(token: str) -> str:
     """A CLIP token as a reader would write it: 'red</w>' -> 'red'."""
     return token.replace("</w>", "")
 
 
-def token_rows(tokens: Tokens) -> list[list]:
-    """One row per position the text encoder sees: [position, token, id, role]."""
-    rows = []
-    for i, (tok, tid) in enumerate(zip(tokens.tokens, tokens.ids, strict=True)):
-        if i == 0:
-            role = "start"
-        elif i <= tokens.n_prompt_tokens:
-            role = "prompt"
-        elif i == tokens.n_prompt_tokens + 1:
-            role = "end"
-        else:
-            role = "padding"
-        rows.append([i, token_label(tok), int(tid), role])
-    return rows
 
-
-def describe_tokens(tokens: Tokens) -> str:
-    n, total = tokens.n_prompt_tokens, len(tokens.ids)
-    text = (
-        f"The prompt became **{n} token{'s' * (n != 1)}** between a start and an end token, then "
-        f"**{total - n - 2} padding tokens**: the text encoder always reads exactly {total} positions "
-        "(the model's maximum). Each position gets its own embedding vector, padding included, and the "
-        "U-Net can attend to all of them."
-    )
-    if tokens.dropped_words:
-        text += f"\n\n**Cut off** (the prompt was too long): {' '.join(tokens.dropped_words)}"
-    return text
-
-
-def embedding_matrix(model, tokens: Tokens) -> np.ndarray:
-    """The text encoder's output for the tokens: one row per token position, one column per embedding dimension."""
-    return embed(model, tokens)[0].float().cpu().numpy()
-
-
-def embedding_figure(matrix: np.ndarray, tokens: Tokens) -> Figure:
-    """The text-embedding matrix (:func:`embedding_matrix`) as a heat map, each row labelled with its token."""
-    limit = float(np.percentile(np.abs(matrix), 99)) or 1.0
-    rows, dims = matrix.shape
-    fig = Figure(figsize=(7, min(2 + 0.14 * rows, 12)), layout="constrained")
-    ax = fig.subplots()
-    shown = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    labels = [f"{r[1]} ({r[3]})" if r[3] != "prompt" else r[1] for r in token_rows(tokens)]
-    ax.set_yticks(range(rows), labels, fontsize=6 if rows > 20 else 8)
-    ax.set_xlabel(f"embedding dimension (0 .. {dims - 1})")
-    ax.set_title(f"text embeddings: {rows} positions x {dims} numbers", fontsize=10)
-    fig.colorbar(shown, ax=ax, shrink=0.6)
-    return fig
-
-
-# 2. Capturing cross-attention during a run ---------------------------------------------------------------
+# Capturing cross-attention during a run ---------------------------------------------------------------
 
 
 def attention_probs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -188,13 +134,11 @@ def layer_size(pixels: int, height: int, width: int) -> tuple[int, int]:
 class AttentionRecorder:
     """Collects one run's cross-attention: averaged over heads and layers, one set of maps per step."""
 
-    def __init__(self, groups: list[list[int]], n_tokens: int, height: int, width: int, keep_layers: bool = False):
+    def __init__(self, groups: list[list[int]], n_tokens: int, height: int, width: int):
         self.height, self.width = height, width
         self.grouping = torch.zeros(len(groups), n_tokens)  # [maps, tokens]: sums token weights into maps
         for row, positions in enumerate(groups):
             self.grouping[row, positions] = 1.0
-        self.keep_layers = keep_layers
-        self.layers: list[tuple[int, str, torch.Tensor]] = []  # (step, layer, [heads, pixels, tokens]) if kept
         self.layer_names: list[str] = []
         self.heads: dict[str, int] = {}
         self.steps: list[torch.Tensor] = []  # per step: [maps, height, width]
@@ -202,8 +146,6 @@ class AttentionRecorder:
         self._count = 0
 
     def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        if self.keep_layers:
-            self.layers.append((len(self.steps), name, probs.cpu()))
         if not self.steps:
             self.layer_names.append(name)
             self.heads[name] = heads
@@ -234,7 +176,6 @@ class AttentionMaps:
     timesteps: list[float]
     layers: list[str]  # the cross-attention layers that were averaged
     heads: dict[str, int]
-    raw_layers: list[tuple[int, str, torch.Tensor]] = field(default_factory=list, repr=False)
 
     @property
     def overall(self) -> np.ndarray:
@@ -254,15 +195,15 @@ class AttentionMaps:
 
 
 @torch.no_grad()
-def capture_run(model, settings: RunSettings, init_image=None, keep_layers: bool = False) -> tuple[Trace, AttentionMaps]:
-    """Run :func:`sdviz.sampler.generate` and record its cross-attention. The picture is unchanged."""
+def capture_run(model, settings: RunSettings, init_image=None) -> tuple[Trace, AttentionMaps]:
+    """Run :func:`sdviz.pipeline.sampler.generate` (the one loop) and record its cross-attention. The picture is unchanged."""
     install_capture(model)
     tokens = tokenize(model.tokenizer, settings.prompt)
     labels, groups = token_groups(tokens)
     f = model.vae_scale_factor
     height = (settings.height or model.recommended.height) // f
     width = (settings.width or model.recommended.width) // f
-    recorder = AttentionRecorder(groups, len(tokens.ids), height, width, keep_layers=keep_layers)
+    recorder = AttentionRecorder(groups, len(tokens.ids), height, width)
     token = _active_recorder.set(recorder)
     try:
         trace = generate(model, settings, init_image, on_step=recorder.end_step)
@@ -270,45 +211,6 @@ def capture_run(model, settings: RunSettings, init_image=None, keep_layers: bool
         _active_recorder.reset(token)
     maps = AttentionMaps(
         labels=labels, groups=groups, per_step=torch.stack(recorder.steps).numpy(), timesteps=trace.timesteps,
-        layers=recorder.layer_names, heads=recorder.heads, raw_layers=recorder.layers,
+        layers=recorder.layer_names, heads=recorder.heads,
     )
     return trace, maps
-
-
-# 3. Showing the maps -------------------------------------------------------------------------------------
-
-
-def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """A heat map (any size) stretched over a picture: bright = much attention (relative to its own peak)."""
-    heat = np.asarray(heat, dtype=np.float32)
-    heat = heat / heat.max() if heat.max() > 0 else heat
-    coloured = (colormaps["inferno"](heat)[..., :3] * 255).astype(np.uint8)
-    layer = Image.fromarray(coloured).resize(image.size, Image.Resampling.BILINEAR)
-    return Image.blend(image.convert("RGB"), layer, alpha)
-
-
-def token_gallery(maps: AttentionMaps, image: Image.Image, step: int | None = None,
-                  include_special: bool = True) -> list[tuple[Image.Image, str]]:
-    """One overlaid picture per map, captioned with its token and its share of the attention."""
-    chosen, shares = maps.maps(step), maps.shares(step)
-    items = []
-    for label, heat, share in zip(maps.labels, chosen, shares, strict=True):
-        if not include_special and (label in (START, END) or label.startswith("padding")):
-            continue
-        items.append((overlay(image, heat), f"{label}: {share:.0%}"))
-    return items
-
-
-def describe_maps(maps: AttentionMaps, step: int | None = None) -> str:
-    where = "the whole run" if step is None else f"step {step + 1} (t = {maps.timesteps[step]:.0f})"
-    shares = maps.shares(step)
-    ranked = sorted(zip(maps.labels, shares, strict=True), key=lambda x: -x[1])
-    top = ", ".join(f"**{label}** {share:.0%}" for label, share in ranked[:6])
-    heads = sorted(set(maps.heads.values()))
-    return (
-        f"Cross-attention over {where}, averaged over {len(maps.layers)} cross-attention layers "
-        f"({'/'.join(map(str, heads))} heads each). At every latent pixel the weights over all tokens add up "
-        f"to 1; the share is a token's average weight. Largest shares: {top}. "
-        "The start token usually soaks up much of the attention (a 'nothing in particular' slot); "
-        "look at the prompt's own words to see which word lands where."
-    )

@@ -13,7 +13,7 @@ Three experiments make that concrete:
     picture (x0) that step would have aimed at, with no new U-Net call;
 (c) prompt A/B: two prompts from the very same starting noise, and their paths through latent space.
 
-Every run goes through :func:`sdviz.sampler.generate`; nothing here has a denoising loop of its own.
+Every run goes through :func:`sdviz.pipeline.sampler.generate`; nothing here has a denoising loop of its own.
 """
 
 from __future__ import annotations
@@ -26,15 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from sdviz import toyworld, vae
 from sdviz.errors import SdvizError
-from sdviz.models import EMBEDDED
-from sdviz.sampler import generate
-from sdviz.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
-from sdviz.settings import RunSettings
-from sdviz.trace import Trace
+from sdviz.pipeline import vae
+from sdviz.pipeline.models import EMBEDDED
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.trace import Trace
+from sdviz.toy import world
+from sdviz.toy.judge import judge
 
 MAX_SWEEP = 10  # guidance scales per sweep: each one is a whole run
 MAX_SCALE = 50.0
@@ -66,38 +68,21 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
     {'size': 'big', 'colour': 'red', 'shape': 'circle', 'position': 'left'}."""
     words = re.findall(r"[a-z]+", prompt.lower())
     found: dict[str, str] = {}
-    for kind, names in (("size", toyworld.SIZES), ("colour", toyworld.COLOURS), ("shape", toyworld.SHAPES),
-                        ("position", toyworld.POSITIONS)):
+    for kind, names in (("size", world.SIZES), ("colour", world.COLOURS), ("shape", world.SHAPES),
+                        ("position", world.POSITIONS)):
         named = [w for w in words if w in names]
         if named:
             found[kind] = named[0]
     return found
 
 
-def _pixel_judge():
-    """The pixel judge (:mod:`sdviz.judge`), or None where it is not available."""
-    try:
-        from sdviz.judge import judge
-    except ImportError:
-        return None
-    return judge
-
-
 def judge_accuracy(image: Image.Image, prompt: str) -> float | None:
     """The share of the prompt's toy-world attributes the pixel judge sees in the picture (None: can't tell)."""
-    judge, wanted = _pixel_judge(), prompt_attributes(prompt)
-    if judge is None or not wanted:
+    wanted = prompt_attributes(prompt)
+    if not wanted:
         return None
-    verdict = judge(image)
-    if hasattr(verdict, "agrees"):
-        agreement = verdict.agrees(**wanted)
-    else:  # a judge that only names what it sees
-        agreement = {k: _seen(verdict, k) == v for k, v in wanted.items()}
+    agreement = judge(image).agrees(**wanted)
     return sum(agreement.values()) / len(agreement)
-
-
-def _seen(verdict, attribute: str):
-    return verdict.get(attribute) if isinstance(verdict, dict) else getattr(verdict, attribute, None)
 
 
 def pixel_distance(a: Image.Image, b: Image.Image) -> float:
@@ -166,23 +151,6 @@ def sweep_figure(sweep: Sweep) -> Figure:
         right.set_ylabel("prompt accuracy (pixel judge)", color="tab:green")
     ax.set_title(f"same seed ({sweep.settings.seed}), different guidance: \"{sweep.settings.prompt}\"", fontsize=9)
     return fig
-
-
-def image_grid(images: list[Image.Image], captions: list[str], columns: int | None = None) -> Image.Image:
-    """Pictures side by side with a caption under each: one image for slides."""
-    if not images:
-        raise SdvizError("No pictures to put in a grid.")
-    columns = columns or len(images)
-    w, h = images[0].size
-    caption_h = 16
-    rows = math.ceil(len(images) / columns)
-    grid = Image.new("RGB", (columns * w, rows * (h + caption_h)), "white")
-    pen = ImageDraw.Draw(grid)
-    for i, (img, text) in enumerate(zip(images, captions, strict=True)):
-        x, y = (i % columns) * w, (i // columns) * (h + caption_h)
-        grid.paste(img.convert("RGB").resize((w, h)), (x, y))
-        pen.text((x + 3, y + h + 2), text, fill="black")
-    return grid
 
 
 def describe_sweep(sweep: Sweep) -> str:

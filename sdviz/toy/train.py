@@ -1,4 +1,4 @@
-"""Train the embedded tiny Stable Diffusion from scratch: ``python -m sdviz.train``.
+"""Train the embedded tiny Stable Diffusion from scratch: ``python -m sdviz.toy.train`` (``--ship`` to ship it).
 
 Three stages, as in the real thing:
 1. the VAE learns to squeeze toy pictures into 8x8x4 latents and back (reconstruction + a little KL);
@@ -28,8 +28,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from tqdm import tqdm
 
-from sdviz import toymodel, toyworld
-from sdviz.models import EMBEDDED_MODEL_DIR, RECOMMENDED_FILE
+from sdviz.pipeline.models import EMBEDDED_MODEL_DIR, RECOMMENDED_FILE
+from sdviz.toy import model as toy_model
+from sdviz.toy import world
+
+DEFAULT_OUT = Path("runs/tiny-sd")  # git-ignored; `--ship` writes into assets/ instead
 
 
 @dataclass
@@ -105,7 +108,7 @@ def save_checkpoint(path: Path, **state) -> None:
 
 # -- stage 1 ----------------------------------------------------------------------------------
 def train_vae(cfg: TrainConfig, workdir: Path, device: torch.device, resume: bool):
-    vae = toymodel.build_vae().to(device)
+    vae = toy_model.build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt, start = workdir / "vae.ckpt", 0
     if resume and ckpt.exists():
@@ -118,7 +121,7 @@ def train_vae(cfg: TrainConfig, workdir: Path, device: torch.device, resume: boo
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
-        x = torch.from_numpy(toyworld.batch(rng, cfg.vae_batch)[0]).to(device)
+        x = torch.from_numpy(world.batch(rng, cfg.vae_batch)[0]).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         # L1 keeps edges sharp, MSE is what PSNR measures; the KL term is SD's tiny one.
@@ -142,7 +145,7 @@ def encode_dataset(cfg: TrainConfig, vae, workdir: Path, device: torch.device, r
     rng = random.Random(cfg.seed + 1)
     means, stds, scenes = [], [], []
     for start in tqdm(range(0, cfg.dataset_size, 256), desc="encode"):
-        x, batch_scenes = toyworld.batch(rng, min(256, cfg.dataset_size - start))
+        x, batch_scenes = world.batch(rng, min(256, cfg.dataset_size - start))
         dist = vae.encode(torch.from_numpy(x).to(device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
@@ -162,31 +165,31 @@ def random_caption(rng: random.Random, scene: dict, cfg: TrainConfig, caption_no
         return ""
     with_size = rng.random() < cfg.keep_size_word
     with_position = rng.random() < cfg.keep_position_words
-    named = {"colour": list(toyworld.COLOURS), "shape": list(toyworld.SHAPES),
-             **({"size": list(toyworld.SIZES)} if with_size else {}),
-             **({"position": list(toyworld.POSITIONS)} if with_position else {})}
+    named = {"colour": list(world.COLOURS), "shape": list(world.SHAPES),
+             **({"size": list(world.SIZES)} if with_size else {}),
+             **({"position": list(world.POSITIONS)} if with_position else {})}
     while True:
         said = dict(scene)
         for attribute, values in named.items():
             if rng.random() < caption_noise:
                 said[attribute] = rng.choice([v for v in values if v != scene[attribute]])
         # a wrong caption must not name a held-out combination: the evaluation's prompts stay unseen
-        if not (with_position and (said["colour"], said["shape"], said["position"]) in toyworld.HELD_OUT):
+        if not (with_position and (said["colour"], said["shape"], said["position"]) in world.HELD_OUT):
             break
-    return toyworld.caption(said["colour"], said["shape"], said["size"] if with_size else None,
+    return world.caption(said["colour"], said["shape"], said["size"] if with_size else None,
                             said["position"] if with_position else None)
 
 
 def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: torch.device, resume: bool):
-    unet = toymodel.build_unet().to(device)
-    text_encoder = toymodel.build_text_encoder(len(tokenizer)).to(device)
-    ema = {"unet": toymodel.build_unet().to(device), "text_encoder": toymodel.build_text_encoder(len(tokenizer)).to(device)}
+    unet = toy_model.build_unet().to(device)
+    text_encoder = toy_model.build_text_encoder(len(tokenizer)).to(device)
+    ema = {"unet": toy_model.build_unet().to(device), "text_encoder": toy_model.build_text_encoder(len(tokenizer)).to(device)}
     for name, model in (("unet", unet), ("text_encoder", text_encoder)):
         ema[name].load_state_dict(model.state_dict())
         ema[name].requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
-    noise_scheduler = DDPMScheduler(**toymodel.NOISE_SCHEDULE)
+    noise_scheduler = DDPMScheduler(**toy_model.NOISE_SCHEDULE)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     ckpt, start = workdir / "unet.ckpt", 0
     if resume and ckpt.exists():
@@ -268,7 +271,7 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor:
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe = StableDiffusionPipeline(
         vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tokenizer, unet=unet.cpu(),
-        scheduler=toymodel.build_scheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=toy_model.build_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     # Shards of at most 8 MB: a Hugging Face Space stores files under 10 MB without Git LFS.
@@ -280,13 +283,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--workdir", type=Path, default=Path("runs/train"), help="checkpoints go here")
-    parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR, help="where the pipeline is saved")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the pipeline goes (default {DEFAULT_OUT})")
+    parser.add_argument("--ship", action="store_true",
+                        help=f"save into {EMBEDDED_MODEL_DIR}: replace the embedded model the app ships")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --workdir")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one TrainConfig setting, e.g. --set unet_steps=3000")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    out = EMBEDDED_MODEL_DIR if args.ship else args.out
+    if not args.ship and out.resolve().is_relative_to(EMBEDDED_MODEL_DIR.parent.resolve()):
+        parser.error(f"{out} is inside {EMBEDDED_MODEL_DIR.parent}: pass --ship to replace the shipped model")
     cfg = PRESETS[args.preset]
     for item in args.set:
         name, _, value = item.partition("=")
@@ -300,12 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     vae = train_vae(cfg, args.workdir, device, args.resume)
     data = encode_dataset(cfg, vae, args.workdir, device, args.resume)
-    tokenizer = toymodel.build_tokenizer()
+    tokenizer = toy_model.build_tokenizer()
     unet, text_encoder = train_unet(cfg, data, tokenizer, args.workdir, device, args.resume)
     info = {"preset": args.preset, "device": str(device), "seconds": round(time.time() - t0, 1),
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "recommended"}}
-    save_pipeline(args.out, vae, unet, text_encoder, tokenizer, data["scaling_factor"], cfg, info)
-    print(f"saved {args.out} after {info['seconds']} s")
+    save_pipeline(out, vae, unet, text_encoder, tokenizer, data["scaling_factor"], cfg, info)
+    print(f"saved {out} after {info['seconds']} s")
 
 
 if __name__ == "__main__":

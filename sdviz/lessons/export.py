@@ -7,7 +7,7 @@
     steps/step_NN_tTTT/                                  each step's panels, as the app's peek panel shows them
     README.txt                                           what each file is, and how to load trace.npz
 
-The per-step pictures come from :mod:`sdviz.render` (the peek panel's own renderers): latent channels in
+The per-step pictures come from :mod:`sdviz.lessons.peek` (the peek panel's own renderers): latent channels in
 signed colours, and the fast approximate RGB previews (labelled approximate; no VAE decoder).
 """
 
@@ -20,9 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdviz import render
 from sdviz.errors import SdvizError
-from sdviz.trace import Trace
+from sdviz.lessons import peek
+from sdviz.pipeline import vae
+from sdviz.pipeline.trace import Trace
 
 README = """\
 sdviz run bundle
@@ -74,26 +75,27 @@ def write_bundle(model, trace: Trace, path: str | Path) -> Path:
     if not trace.steps:
         raise SdvizError("This run has no steps to export.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    rgb_map = vae.preview_map(model)  # the approximate colours' map, fitted once per model
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         saved = trace.save(tmp)  # final.png, settings.json, trace.npz (and init.png): exactly the CLI's files
         for file in sorted(saved.iterdir()):
             zf.write(file, file.name)
-        zf.writestr("animation.gif", render.run_animation(model, trace))
-        figure = render.schedule_figure(trace.steps, current=len(trace.steps) - 1, total=len(trace.steps))
+        zf.writestr("animation.gif", peek.run_animation(rgb_map, trace))
+        figure = peek.schedule_figure(trace.steps, current=len(trace.steps) - 1, total=len(trace.steps))
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
         zf.writestr("schedule.png", buffer.getvalue())
         total = len(trace.steps)
         for record in trace.steps:
             folder = step_folder(record.index, record.timestep)
-            frame = render.peek_frame(model, record, total)
+            frame = peek.peek_frame(rgb_map, record, total)
             zf.writestr(f"{folder}/x_t.png", _png(frame.latents))
             zf.writestr(f"{folder}/x_t_rgb.png", _png(frame.latents_rgb))
             zf.writestr(f"{folder}/pred_x0_rgb.png", _png(frame.pred_x0_rgb))
             for kind, picture in frame.noise.items():
                 if picture is not None:
                     zf.writestr(f"{folder}/{NOISE_FILES[kind]}", _png(picture))
-            zf.writestr(f"{folder}/numbers.md", render.numbers_markdown(frame.numbers) + "\n")
+            zf.writestr(f"{folder}/numbers.md", peek.numbers_markdown(frame.numbers) + "\n")
         s = trace.settings
         zf.writestr("README.txt", README.format(prompt=s.prompt, model=trace.model, scheduler=trace.scheduler,
                                                 steps=len(trace.steps), guidance=s.guidance_scale, seed=s.seed))

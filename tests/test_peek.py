@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sdviz import render, vae
-from sdviz.sampler import generate
-from sdviz.settings import RunSettings
+from sdviz.app import services
+from sdviz.app.sessions import DecodedPictures, PanelRun
+from sdviz.lessons import peek
+from sdviz.pipeline import vae
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.settings import RunSettings
 
 WHITE = (255, 255, 255)
 
@@ -29,7 +32,7 @@ def unguided_trace(tiny_model):
 
 
 def test_zero_is_white_and_the_scale_maps_to_full_red_and_blue():
-    rgb = render.signed_to_rgb(np.array([[0.0, 2.0, -2.0, 9.0, -9.0, 1.0]]), scale=2.0)[0]
+    rgb = peek.signed_to_rgb(np.array([[0.0, 2.0, -2.0, 9.0, -9.0, 1.0]]), scale=2.0)[0]
     assert tuple(rgb[0]) == WHITE
     red, blue, half_red = rgb[1], rgb[2], rgb[5]
     assert red[0] > 150 > red[2] and blue[2] > 150 > blue[0]
@@ -40,68 +43,69 @@ def test_zero_is_white_and_the_scale_maps_to_full_red_and_blue():
 def test_the_scale_is_a_high_percentile_so_one_outlier_does_not_wash_out_the_rest():
     values = torch.ones(4, 16, 16)
     values[0, 0, 0] = 1000.0
-    assert render.signed_scale(values) == pytest.approx(1.0)
-    assert render.signed_scale(torch.zeros(4, 2, 2)) == 1.0  # never 0 (no division by zero)
+    assert peek.signed_scale(values) == pytest.approx(1.0)
+    assert peek.signed_scale(torch.zeros(4, 2, 2)) == 1.0  # never 0 (no division by zero)
 
 
 def test_channel_grid_shows_four_channels_as_crisp_enlarged_tiles(trace):
     latents = trace.steps[0].latents  # [4, 16, 16]
-    grid = render.channel_grid(latents, target=64)
-    factor = render.upscale_factor(32, 32, 64)  # the 2 x 2 grid is 32 latent pixels per side
+    grid = peek.channel_grid(latents, target=64)
+    factor = peek.upscale_factor(32, 32, 64)  # the 2 x 2 grid is 32 latent pixels per side
     assert factor == 2
-    assert grid.size == (2 * 16 * factor + render.GUTTER, 2 * 16 * factor + render.GUTTER)
+    assert grid.size == (2 * 16 * factor + peek.GUTTER, 2 * 16 * factor + peek.GUTTER)
     pixels = np.asarray(grid)
     top_left = pixels[: 16 * factor, : 16 * factor]
     blocks = top_left.reshape(16, factor, 16, factor, 3)
     assert (blocks == blocks[:, :1, :, :1]).all()  # nearest neighbour: every latent pixel a uniform block
-    scale = render.signed_scale(latents)
-    expected = render.signed_to_rgb(latents[0].float().numpy(), scale)
+    scale = peek.signed_scale(latents)
+    expected = peek.signed_to_rgb(latents[0].float().numpy(), scale)
     assert np.array_equal(blocks[:, 0, :, 0], expected)  # channel 0, on the shared scale
 
 
 def test_rgb_preview_is_the_approximate_decoder_enlarged(tiny_model, trace):
     latents = trace.steps[-1].pred_x0
-    preview = render.rgb_preview(tiny_model, latents, target=64)
+    rgb_map = vae.preview_map(tiny_model)
+    preview = peek.rgb_preview(rgb_map, latents, target=64)
     assert preview.size == (64, 64)
     small = preview.resize((16, 16), Image.Resampling.NEAREST)
-    assert np.array_equal(np.asarray(small), vae.approx_rgb(tiny_model, latents))
+    assert np.array_equal(np.asarray(small), vae.approx_rgb(rgb_map, latents))
 
 
 def test_noise_pictures_share_a_scale_except_the_guidance_direction(trace):
     record = trace.steps[1]
-    scales = render.noise_scales(record)
+    scales = peek.noise_scales(record)
     assert scales["uncond"] == scales["text"] == scales["guided"]
-    assert scales["direction"] == pytest.approx(render.signed_scale(record.guidance_direction))
-    pictures = render.noise_pictures(record, target=64)
-    assert set(pictures) == set(render.NOISE_KINDS)
+    assert scales["direction"] == pytest.approx(peek.signed_scale(record.guidance_direction))
+    pictures = peek.noise_pictures(record, target=64)
+    assert set(pictures) == set(peek.NOISE_KINDS)
     assert all(p is not None and p.size == pictures["guided"].size for p in pictures.values())
 
 
 def test_without_cfg_there_is_no_unconditional_estimate_to_show(unguided_trace):
     record = unguided_trace.steps[0]
-    pictures = render.noise_pictures(record)
+    pictures = peek.noise_pictures(record)
     assert pictures["uncond"] is None and pictures["direction"] is None
     assert pictures["text"] is not None and pictures["guided"] is not None
-    numbers = render.step_numbers(record, total=3)
-    assert np.isnan(numbers.noise_rms["uncond"]) and "—" in render.numbers_markdown(numbers)
+    numbers = peek.step_numbers(record, total=3)
+    assert np.isnan(numbers.noise_rms["uncond"]) and "—" in peek.numbers_markdown(numbers)
 
 
 def test_step_numbers(trace):
     record = trace.steps[2]
-    n = render.step_numbers(record, total=len(trace.steps))
+    n = peek.step_numbers(record, total=len(trace.steps))
     assert (n.index, n.total, n.timestep, n.sigma) == (2, 4, record.timestep, record.sigma)
     assert n.noise_rms["guided"] == pytest.approx(float(record.noise_guided.float().pow(2).mean().sqrt()))
-    assert render.rms(torch.randn(4, 64, 64, generator=torch.Generator().manual_seed(0))) == pytest.approx(1, abs=0.02)
-    table = render.numbers_markdown(n)
+    assert peek.rms(torch.randn(4, 64, 64, generator=torch.Generator().manual_seed(0))) == pytest.approx(1, abs=0.02)
+    table = peek.numbers_markdown(n)
     assert "3 of 4" in table and f"{record.timestep:.0f}" in table
 
 
 def _marks(fig):
-    return [line for ax in fig.axes for line in ax.get_lines() if line.get_gid() == render.CURRENT_STEP_GID]
+    return [line for ax in fig.axes for line in ax.get_lines() if line.get_gid() == peek.CURRENT_STEP_GID]
 
 
 def test_the_plot_marks_the_current_step_and_spans_the_whole_run(trace):
-    fig = render.schedule_figure(trace.steps[:2], current=1, total=4)  # mid-run: two steps so far
+    fig = peek.schedule_figure(trace.steps[:2], current=1, total=4)  # mid-run: two steps so far
     marks = _marks(fig)
     assert len(marks) == 2 and all(list(m.get_xdata()) == [2, 2] for m in marks)  # steps are numbered from 1
     top, bottom = fig.axes
@@ -116,7 +120,7 @@ def test_plots_can_be_built_from_many_threads_at_once(trace):
 
     def draw(i: int) -> None:
         try:
-            fig = render.schedule_figure(trace.steps, current=i % 4, total=4)
+            fig = peek.schedule_figure(trace.steps, current=i % 4, total=4)
             assert [m.get_xdata()[0] for m in _marks(fig)] == [i % 4 + 1] * 2
             fig.savefig(io.BytesIO(), format="png")
         except Exception as err:  # collected, then asserted in the main thread
@@ -131,51 +135,45 @@ def test_plots_can_be_built_from_many_threads_at_once(trace):
 
 
 def test_animation_has_one_frame_per_step_plus_the_final_picture(tiny_model, trace):
-    gif = Image.open(io.BytesIO(render.run_animation(tiny_model, trace, target=32)))
+    gif = Image.open(io.BytesIO(peek.run_animation(vae.preview_map(tiny_model), trace, target=32)))
     assert gif.format == "GIF" and gif.n_frames == len(trace.steps) + 1
     gif.seek(gif.n_frames - 1)
     last = np.asarray(gif.convert("RGB"))
     final = np.asarray(trace.image.resize((32, 32), Image.Resampling.NEAREST)).astype(int)
-    right_half = last[render._CAPTION_H : render._CAPTION_H + 32, -32 - render.GUTTER : -render.GUTTER].astype(int)
+    right_half = last[peek._CAPTION_H : peek._CAPTION_H + 32, -32 - peek.GUTTER : -peek.GUTTER].astype(int)
     assert np.abs(right_half - final).mean() < 12  # the real final picture (GIF palette: close, not exact)
 
 
 def test_decodes_are_computed_once_and_match_the_vae(tiny_model, trace):
-    cache = render.DecodeCache(trace)
-    first = cache.get(tiny_model, 1, "x0")
-    again = cache.get(tiny_model, 1, "x0")
-    assert again is first and cache.decodes == 1
-    expected = vae.decode_to_pil(tiny_model, trace.steps[1].pred_x0)
-    assert np.array_equal(np.asarray(first), np.asarray(expected))
-    cache.get(tiny_model, 1, "x_t")
-    assert cache.decodes == 2 and len(cache) == 2
-    assert cache.matches(trace) and not cache.matches(None)
-    with pytest.raises(ValueError):
-        cache.get(tiny_model, 1, "noise")
+    run = PanelRun(model=tiny_model.name, expected_steps=4)
+    run.finish(trace)
+    first = services.step_decodes(tiny_model, run, 1)
+    again = services.step_decodes(tiny_model, run, 1)
+    assert all(a is b for a, b in zip(first, again, strict=True)) and len(run.decodes) == 2
+    expected = (vae.decode_to_pil(tiny_model, trace.steps[1].latents), vae.decode_to_pil(tiny_model, trace.steps[1].pred_x0))
+    for picture, wanted in zip(first, expected, strict=True):
+        assert np.array_equal(np.asarray(picture), np.asarray(wanted))
 
 
-def test_the_decode_cache_is_bounded_and_drops_the_least_recently_used(tiny_model, trace):
+def test_the_decode_store_is_bounded_and_drops_the_least_recently_used():
     one = 32 * 32 * 3  # bytes of one decoded 32x32 RGB picture
-    cache = render.DecodeCache(trace, max_bytes=2 * one)
-    cache.get(tiny_model, 0, "x0")
-    cache.get(tiny_model, 1, "x0")
-    cache.get(tiny_model, 0, "x0")  # touch step 0: step 1 is now the oldest
-    cache.get(tiny_model, 2, "x0")
-    assert len(cache) == 2 and cache.nbytes <= 2 * one
-    decodes = cache.decodes
-    cache.get(tiny_model, 0, "x0")
-    assert cache.decodes == decodes  # still cached
-    cache.get(tiny_model, 1, "x0")
-    assert cache.decodes == decodes + 1  # was evicted, decoded again
+    store = DecodedPictures(max_bytes=2 * one)
+    pictures = {i: Image.new("RGB", (32, 32), (i, 0, 0)) for i in range(3)}
+    store.put((0, "x0"), pictures[0])
+    store.put((1, "x0"), pictures[1])
+    assert store.get((0, "x0")) is pictures[0]  # touch step 0: step 1 is now the oldest
+    store.put((2, "x0"), pictures[2])
+    assert len(store) == 2 and store.nbytes <= 2 * one
+    assert store.get((1, "x0")) is None and store.get((0, "x0")) is pictures[0]
 
 
 def test_a_live_frame_is_small(tiny_model, trace):
-    frame = render.peek_frame(tiny_model, trace.steps[0], total=4)
+    frame = peek.peek_frame(vae.preview_map(tiny_model), trace.steps[0], total=4)
     pictures = [frame.latents, frame.latents_rgb, frame.pred_x0_rgb, *frame.noise.values()]
     sizes = []
     for picture in pictures:
         out = io.BytesIO()
         picture.save(out, format="PNG")
         sizes.append(len(out.getvalue()))
-    assert max(max(p.size) for p in pictures) <= 2 * render.TILE
+    assert max(max(p.size) for p in pictures) <= 2 * peek.TILE
     assert sum(sizes) < 150_000

@@ -11,7 +11,7 @@
 
 It follows diffusers' ``StableDiffusionPipeline`` and ``StableDiffusionImg2ImgPipeline`` operation for
 operation (same random numbers, same order), so it gives the very same picture; the difference is that
-it records every step in a :class:`~sdviz.trace.Trace` and hands each step out as soon as it exists.
+it records every step in a :class:`~sdviz.pipeline.trace.Trace` and hands each step out as soon as it exists.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from sdviz import vae
-from sdviz.schedulers import current_sigma, make_scheduler, scheduler_name, scheduler_x0, x0_from_noise
-from sdviz.settings import RunSettings, check_settings, load_init_image
-from sdviz.text import encode_prompt
-from sdviz.trace import StepRecord, Trace, environment, keep
+from sdviz.pipeline import vae
+from sdviz.pipeline.schedulers import current_sigma, make_scheduler, scheduler_name, scheduler_x0, x0_from_noise
+from sdviz.pipeline.settings import RunSettings, check_settings, load_init_image
+from sdviz.pipeline.text import encode_prompt
+from sdviz.pipeline.trace import StepRecord, Trace, environment, keep
 
 InitImage = str | Path | Image.Image | np.ndarray
 
@@ -66,7 +66,7 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
     else:
         picture = load_init_image(init_image, width, height)
         # Strength decides how much of the schedule runs: skip the first (noisiest) steps.
-        t_start = settings.steps - min(int(settings.steps * settings.strength), settings.steps)
+        t_start = settings.steps - expected_steps(settings, img2img=True)
         timesteps = timesteps[t_start * scheduler.order :]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
@@ -108,6 +108,11 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
         final_latents=latents.detach()[0].float().cpu(), image=image, init_image=picture,
         seconds=time.perf_counter() - started, environment=environment(model),
     )
+
+
+def expected_steps(settings: RunSettings, img2img: bool) -> int:
+    """How many of the schedule's steps a run visits: all (text to image), or the last ``strength`` share."""
+    return min(int(settings.steps * settings.strength), settings.steps) if img2img else settings.steps
 
 
 def generate(model, settings: RunSettings, init_image: InitImage | None = None,

@@ -1,9 +1,10 @@
 """What the peek-inside panel shows, made from a run's records: pictures, numbers, a plot, an animation.
 
-Data flows one way: the sampler yields :class:`~sdviz.trace.StepRecord` s and a :class:`~sdviz.trace.Trace`;
-the functions here turn them into small pictures and numbers; :mod:`sdviz.ui` puts those on screen.
-Nothing here knows about Gradio, and nothing here keeps global state (matplotlib figures are built
-per call, without pyplot), so many runs can be rendered at once from different threads.
+Data flows one way: the sampler yields :class:`~sdviz.pipeline.trace.StepRecord` s and a :class:`~sdviz.pipeline.trace.Trace`;
+the functions here turn them into small pictures and numbers; the app puts those on screen. This module only
+draws: it never calls the model (the approximate colours use a map the caller fitted with
+:func:`sdviz.pipeline.vae.preview_map`). Nothing here knows about Gradio, and nothing here keeps global state
+(matplotlib figures are built per call, without pyplot), so many runs can be drawn at once from different threads.
 
 How signed tensors (latents, noise estimates) become colours: 0 is white, positive values red, negative
 values blue, and one scale per picture maps +-scale to full colour. The scale is the 99.5th percentile of
@@ -17,7 +18,6 @@ from __future__ import annotations
 import io
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-from sdviz import vae
-from sdviz.trace import StepRecord, Trace
+from sdviz.pipeline import vae
+from sdviz.pipeline.trace import StepRecord, Trace
 
 TILE = 128  # about how many screen pixels one latent picture gets per side
 GUTTER = 2  # pixels between channel tiles
@@ -104,15 +104,12 @@ def channel_grid(tensor: torch.Tensor, scale: float | None = None, target: int =
     return grid
 
 
-def prepare(model) -> None:
-    """Do the once-per-model work up front (fitting the approximate colour map), so the first live
-    frame of the first run does not pay for it."""
-    vae.approx_rgb(model, torch.zeros(model.vae.config.latent_channels, 1, 1))
+RgbMap = tuple[np.ndarray, np.ndarray]  # the linear latent -> RGB map of sdviz.pipeline.vae.preview_map
 
 
-def rgb_preview(model, latents: torch.Tensor, target: int = TILE) -> Image.Image:
-    """The fast, approximate colours of a latent (:func:`sdviz.vae.approx_rgb`: a linear map, no decoder)."""
-    rgb = vae.approx_rgb(model, latents)
+def rgb_preview(rgb_map: RgbMap, latents: torch.Tensor, target: int = TILE) -> Image.Image:
+    """The fast, approximate colours of a latent (:func:`sdviz.pipeline.vae.approx_rgb`: a linear map, no decoder)."""
+    rgb = vae.approx_rgb(rgb_map, latents)
     return enlarge(rgb, upscale_factor(rgb.shape[0], rgb.shape[1], target))
 
 
@@ -236,21 +233,21 @@ def schedule_figure(records: Sequence[StepRecord], current: int, total: int) -> 
 
 # --- The whole run as an animation -----------------------------------------------------------------
 
-def run_animation(model, trace: Trace, target: int = TILE, frame_ms: int = 150) -> bytes:
+def run_animation(rgb_map: RgbMap, trace: Trace, target: int = TILE, frame_ms: int = 150) -> bytes:
     """A GIF of the run: x_t (left) and the predicted x0 (right) at every step, in approximate colours,
     then one last frame holding the final latents' preview and the final picture (the full VAE decode).
 
     ``len(trace.steps) + 1`` frames.
     """
     frames = [
-        _side_by_side(rgb_preview(model, r.latents, target), rgb_preview(model, r.pred_x0, target),
+        _side_by_side(rgb_preview(rgb_map, r.latents, target), rgb_preview(rgb_map, r.pred_x0, target),
                       f"step {r.index + 1}/{len(trace.steps)}", ("x_t (approx.)", "x0 (approx.)"))
         for r in trace.steps
     ]
     side = frames[0].height - 2 * _CAPTION_H if frames else target
     final = trace.image.convert("RGB").resize((side, side * trace.image.height // trace.image.width),
                                               Image.Resampling.NEAREST)
-    frames.append(_side_by_side(rgb_preview(model, trace.final_latents, target), final, "done",
+    frames.append(_side_by_side(rgb_preview(rgb_map, trace.final_latents, target), final, "done",
                                 ("latents (approx.)", "final picture")))
     durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 10]
     out = io.BytesIO()
@@ -290,60 +287,6 @@ def _font():
         return _font_cache[0]
 
 
-# --- Full VAE decodes, on demand, cached per run ----------------------------------------------------
-
-DECODE_KINDS = ("x_t", "x0")
-
-
-class DecodeCache:
-    """Full VAE decodes of one run's steps (x_t and predicted x0), computed when asked for.
-
-    Bounded by ``max_bytes`` of decoded pixels: the least recently used decodes go first. One cache
-    belongs to one trace; asking it about another trace is a mistake (:meth:`matches` tells).
-    """
-
-    def __init__(self, trace: Trace, max_bytes: int = 8 * 2**20):
-        self.trace = trace
-        self.max_bytes = max_bytes
-        self._pictures: OrderedDict[tuple[int, str], Image.Image] = OrderedDict()
-        self._lock = threading.Lock()
-        self.decodes = 0  # how many times the VAE actually ran (for tests and curiosity)
-
-    def matches(self, trace: Trace | None) -> bool:
-        return trace is self.trace
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(_picture_bytes(p) for p in self._pictures.values())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pictures)
-
-    def get(self, model, index: int, kind: str) -> Image.Image:
-        """The full decode of step ``index``'s x_t (``"x_t"``) or predicted x0 (``"x0"``)."""
-        if kind not in DECODE_KINDS:
-            raise ValueError(f"kind must be one of {DECODE_KINDS}, not {kind!r}")
-        key = (index, kind)
-        with self._lock:
-            if key in self._pictures:
-                self._pictures.move_to_end(key)
-                return self._pictures[key]
-        record = self.trace.steps[index]
-        picture = vae.decode_to_pil(model, record.latents if kind == "x_t" else record.pred_x0)
-        with self._lock:
-            self.decodes += 1
-            self._pictures[key] = picture
-            while len(self._pictures) > 1 and sum(_picture_bytes(p) for p in self._pictures.values()) > self.max_bytes:
-                self._pictures.popitem(last=False)
-        return picture
-
-
-def _picture_bytes(picture: Image.Image) -> int:
-    return picture.width * picture.height * len(picture.getbands())
-
-
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().float().cpu().numpy()
@@ -363,11 +306,11 @@ class PeekFrame:
     numbers: StepNumbers
 
 
-def peek_frame(model, record: StepRecord, total: int, target: int = TILE) -> PeekFrame:
+def peek_frame(rgb_map: RgbMap, record: StepRecord, total: int, target: int = TILE) -> PeekFrame:
     return PeekFrame(
         latents=channel_grid(record.latents, target=target),
-        latents_rgb=rgb_preview(model, record.latents, target),
-        pred_x0_rgb=rgb_preview(model, record.pred_x0, target),
+        latents_rgb=rgb_preview(rgb_map, record.latents, target),
+        pred_x0_rgb=rgb_preview(rgb_map, record.pred_x0, target),
         noise=noise_pictures(record, target),
         numbers=step_numbers(record, total),
     )

@@ -48,9 +48,6 @@ class UNetLayout:
     latent_channels: int
     text_dim: int  # cross_attention_dim: the width of the text embeddings the U-Net reads
 
-    def block(self, name: str) -> UNetBlock:
-        return next(b for b in self.blocks if b.name == name)
-
     def on_path(self, path: str) -> list[UNetBlock]:
         return [b for b in self.blocks if b.path == path]
 

@@ -1,6 +1,6 @@
 """The pixel judge: what does a toy-world picture show? Colour, shape, position and size, by pixel analysis.
 
-The evaluation (:mod:`sdviz.evaluate`) asks the model for "a red triangle on the left" and lets this
+The evaluation (:mod:`sdviz.toy.evaluate`) asks the model for "a red triangle on the left" and lets this
 judge say what came out. It knows nothing about the model; it reads pixels the way a person would:
 
 1. The background is the dominant colour of the picture's border.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sdviz import toyworld
+from sdviz.toy import world
 
 SIDE = 64  # the judge looks at a 64x64 copy of any picture
 BORDER = 2  # width, in pixels, of the frame whose dominant colour is the background
@@ -47,7 +47,7 @@ SHAPE_PROTOTYPES: dict[str, tuple[float, float]] = {
 }
 FILL_SCALE, BOTTOM_SCALE = 0.07, 0.06
 # Small shapes have half-extents up to 0.14 of the side, big ones from 0.19: split in the middle.
-SIZE_THRESHOLD = (toyworld.HALF_EXTENT["small"][1] + toyworld.HALF_EXTENT["big"][0]) / 2
+SIZE_THRESHOLD = (world.HALF_EXTENT["small"][1] + world.HALF_EXTENT["big"][0]) / 2
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     if shape_distance > MAX_SHAPE_DISTANCE:
         problems.append(f"no clear shape (fills {fill:.0%} of its box, {bottom_share:.0%} in its lower half)")
     centre = (centre_x / SIDE, centre_y / SIDE)
-    position = min(toyworld.POSITIONS, key=lambda p: math.dist(centre, toyworld.POSITIONS[p][1]))
+    position = min(world.POSITIONS, key=lambda p: math.dist(centre, world.POSITIONS[p][1]))
     half_extent = max(width, height) / 2 / SIDE
     return Verdict(
         colour=colour, shape=shape, position=position, size="big" if half_extent > SIZE_THRESHOLD else "small",
@@ -169,8 +169,8 @@ def _empty(background: np.ndarray, problems: list[str]) -> Verdict:
 
 
 def _nearest_colour(rgb: np.ndarray) -> tuple[str, float]:
-    name = min(toyworld.COLOURS, key=lambda c: float(np.linalg.norm(rgb - toyworld.COLOURS[c])))
-    return name, float(np.linalg.norm(rgb - toyworld.COLOURS[name]))
+    name = min(world.COLOURS, key=lambda c: float(np.linalg.norm(rgb - world.COLOURS[c])))
+    return name, float(np.linalg.norm(rgb - world.COLOURS[name]))
 
 
 def _nearest_shape(fill: float, bottom_share: float) -> tuple[str, float]:

@@ -2,7 +2,7 @@
 
 Every picture is drawn from a handful of attributes (colour, shape, size, position), and every
 caption names some of them: ``a [small|big] COLOUR SHAPE [on the left|...]``. Because the world
-is drawn by code, a pixel analysis (:mod:`sdviz.judge`) can check what a model generated.
+is drawn by code, a pixel analysis (:mod:`sdviz.toy.judge`) can check what a model generated.
 """
 
 from __future__ import annotations
@@ -67,15 +67,6 @@ class Scene:
     cy: float
     half: float  # half-extent, fraction of the image side
     background: tuple[int, int, int]
-
-    def caption(self, with_size: bool = True, with_position: bool = True) -> str:
-        words = ["a"]
-        if with_size:
-            words.append(self.size)
-        words += [self.colour, self.shape]
-        if with_position:
-            words.append(POSITIONS[self.position][0])
-        return " ".join(words)
 
 
 def caption(colour: str, shape: str, size: str | None = None, position: str | None = None) -> str:

@@ -57,19 +57,17 @@ def _float32_vae(model):
         return model.derived["vae_float32"]
 
 
-def approx_rgb(model, latents: torch.Tensor) -> np.ndarray:
-    """A fast preview: each latent pixel's colour as a fitted linear function of its channels.
-
-    Returns uint8 [h, w, 3] at latent resolution (upscale for display). No VAE decoder involved.
-    """
-    weights, bias = _rgb_map(model)
+def approx_rgb(rgb_map: tuple[np.ndarray, np.ndarray], latents: torch.Tensor) -> np.ndarray:
+    """A fast preview: each latent pixel's colour as a linear function of its channels (``rgb_map``, fitted
+    by :func:`preview_map`). Returns uint8 [h, w, 3] at latent resolution (upscale for display); no decoder."""
+    weights, bias = rgb_map
     z = latents.detach().float().cpu().numpy()
     z = z[0] if z.ndim == 4 else z
     rgb = np.einsum("chw,cd->hwd", z, weights) + bias
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _rgb_map(model) -> tuple[np.ndarray, np.ndarray]:
+def preview_map(model) -> tuple[np.ndarray, np.ndarray]:
     """Fit RGB ~ latents @ W + b on colourful test cards encoded by the model's own VAE (cached)."""
     with model.lock:
         if "rgb_map" in model.derived:

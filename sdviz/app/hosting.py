@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from sdviz.errors import SdvizError
-from sdviz.models import EMBEDDED, KNOWN_HUB_MODELS, pick_device
+from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS, pick_device
 
 MODELS_ENV = "SDVIZ_MODELS"
 CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
@@ -71,7 +71,7 @@ def default_concurrency(device: torch.device) -> int:
 
 def capacity(device: torch.device | None = None, env: Mapping[str, str] | None = None) -> Capacity:
     """The limits for this server, from the environment (with defaults for ``device``, by default the one
-    :func:`sdviz.models.pick_device` chooses)."""
+    :func:`sdviz.pipeline.models.pick_device` chooses)."""
     env = os.environ if env is None else env
     device = pick_device()[0] if device is None else device
     return Capacity(

@@ -1,0 +1,315 @@
+"""The sdviz page: :func:`build_demo` lays out the components and wires their events (``app.py`` launches it).
+
+    model choice
+    tabs: Text to image | Image to image | Forward diffusion | Latent space | Text & attention | U-Net |
+          CFG experiments | Prompt A/B | Export
+    the peek-inside panel: every step of the latest run, live while it runs, scrubbable afterwards
+
+The handlers are plain functions: the playground's in :mod:`sdviz.app.playground` (bound to the page's
+:class:`~sdviz.app.playground.Page`), the teaching tabs' in :mod:`sdviz.app.teaching`. Limits, the model allow-list,
+GPU reservations and the launch settings come from :mod:`sdviz.app.hosting`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import gradio as gr
+
+from sdviz.app import components, hosting, playground, teaching, texts
+from sdviz.app.components import PictureUpload, Slider, picture_input, picture_output
+from sdviz.app.playground import Page, bind
+from sdviz.app.services import load_for_app
+from sdviz.app.sessions import STATE_TTL_S, SessionRuns
+from sdviz.errors import SdvizError
+from sdviz.lessons import experiments, unet_diagram
+from sdviz.pipeline.settings import RunSettings
+
+GENERATE_CONCURRENCY_ID = "generate"  # every event that runs a model part shares the generate slots
+PEEK_CONCURRENCY_ID = "peek"  # scrubbing and full decodes: cheap, but they use the VAE
+PEEK_CONCURRENCY = 4
+EXPORT_CONCURRENCY_ID = "export"
+MODEL_EVENTS = dict(api_visibility="private", concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=None)
+CHEAP_EVENTS = dict(api_visibility="private", concurrency_limit=None)
+
+
+def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | None = None,
+               queue_size: int | None = None, max_sessions: int | None = None) -> gr.Blocks:
+    """The sdviz app (not launched). ``models``: the allow-list, the first is the default (by default
+    :func:`sdviz.app.hosting.allowed_models`). The limits default to :func:`sdviz.app.hosting.capacity`."""
+    models = [str(m) for m in (models or hosting.allowed_models())]
+    try:
+        model = load_for_app(models[0])
+        rec = model.recommended
+        defaults = RunSettings(steps=rec.steps, guidance_scale=rec.guidance_scale, strength=rec.strength)
+        model_note = components.model_note(model)
+    except gr.Error as err:  # the app still opens; the message says what went wrong
+        model, defaults = None, RunSettings()
+        model_note = f"⚠️ {err.message}"
+    try:
+        limits = hosting.capacity(model.device if model is not None else None)
+    except SdvizError as err:
+        raise SystemExit(f"sdviz: {err}") from err
+    runs = SessionRuns(max_sessions=max_sessions or limits.max_sessions, ttl_s=STATE_TTL_S)
+
+    with gr.Blocks(title="sdviz: peek inside Stable Diffusion", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step\n"
+                    "Type a prompt, press **Generate**, and watch the loop below: the noisy latents, the U-Net's "
+                    "noise estimates, classifier-free guidance, and the VAE turning latents back into pixels.")
+        with gr.Row(equal_height=True):
+            model_choice = gr.Dropdown([(components.model_label(m), m) for m in models], value=models[0],
+                                       label="Model", info="The embedded model works offline; hub models need a "
+                                       "download.", elem_id="model", scale=2)
+            model_info = gr.Markdown(model_note, elem_id="model-info")
+        model_state = gr.State(models[0])
+        run_state = gr.State(None, time_to_live=STATE_TTL_S)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Text to image", id="txt2img"):
+                txt = _txt2img_tab(defaults, model)
+            with gr.Tab("Image to image", id="img2img"):
+                img, init_image, strength = _img2img_tab(defaults, model)
+            teaching_tabs(model_choice, run_state)
+        panel = components.peek_panel()
+        page = Page(demo=demo, models=models, runs=runs, panel=panel, txt=txt, img=img, strength=strength,
+                    model_state=model_state, model_info=model_info, run_state=run_state)
+        _wire_playground(page, init_image, concurrency_limit or limits.concurrency)
+        model_choice.change(
+            bind(playground.choose_model, page), [model_choice, model_state],
+            [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
+             img.guidance_scale, img.scheduler],
+            api_visibility="private", concurrency_limit=None, show_progress="hidden",
+        ).failure(lambda current: current, model_state, model_choice, api_visibility="private", queue=False)
+        demo.unload(bind(playground.end_session, page))
+
+    demo.queue(max_size=queue_size or limits.queue_size)
+    demo.sdviz_page = page  # the handlers' context: the sessions' runs and the components, for tests and benchmarks
+    return demo
+
+
+# --- The two generate tabs and the events of the playground ---------------------------------------------------
+
+
+def _txt2img_tab(defaults: RunSettings, model) -> components.GenerateControls:
+    with gr.Row():
+        with gr.Column(scale=3):
+            txt = components.generate_controls(defaults, model, "txt2img")
+            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
+        with gr.Column(scale=2):
+            txt.final = components.final_image("txt2img")
+    return txt
+
+
+def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateControls, gr.Image, gr.Slider]:
+    with gr.Row():
+        with gr.Column(scale=3):
+            # image_mode=None: the file as uploaded; sdviz.pipeline.settings.load_init_image converts RGBA,
+            # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
+            init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
+                                       sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
+            strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
+                              info="How much noise to add to it first: 1 = keep almost nothing",
+                              elem_id="img2img-strength")
+            img = components.generate_controls(defaults, model, "img2img")
+            if components.image_examples():
+                gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
+        with gr.Column(scale=2):
+            img.final = components.final_image("img2img")
+    return img, init_image, strength
+
+
+def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -> None:
+    """Generate, Stop and the dice of both tabs, what follows a run, and the step slider."""
+    txt, img, panel = page.txt, page.img, page.panel
+    events = []
+    for controls, handler, inputs, name in (
+        (txt, playground.txt2img, [txt.prompt, txt.negative_prompt, txt.steps, txt.guidance_scale, txt.seed,
+                                   txt.scheduler], "txt2img"),
+        (img, playground.img2img, [init_image, img.prompt, img.negative_prompt, page.strength, img.steps,
+                                   img.guidance_scale, img.seed, img.scheduler], "img2img"),
+    ):
+        # The API result: (final picture, status, step, latents, noise, numbers, plot, decodes..., animation)
+        outputs = [controls.final, *panel.all_outputs(), page.run_state]
+        event = controls.generate.click(
+            bind(handler, page), [*inputs, page.model_state], outputs, api_name=name,
+            concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=concurrency_limit, show_progress="hidden",
+        )
+        # The page runs this after the event succeeded, failed or was cancelled (the API does not).
+        event.then(bind(playground.settle, page), None, panel.all_outputs(), api_visibility="private",
+                   concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY, show_progress="hidden")
+        controls.stop.click(bind(playground.request_stop, page), None, None, cancels=[event],
+                            api_visibility="private", queue=False)
+        controls.dice.click(lambda: random.randint(0, playground.UI_MAX_SEED), None, controls.seed,
+                            api_visibility="private", concurrency_limit=None, queue=False)
+        events.append(event)
+    # One panel, one run: starting text to image stops a run of image to image, and the other way round.
+    txt_event, img_event = events
+    txt.generate.click(None, cancels=[img_event])
+    img.generate.click(None, cancels=[txt_event])
+    panel.step.input(bind(playground.show_step, page), [panel.step],
+                     [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode], api_visibility="private",
+                     concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
+                     trigger_mode="always_last", show_progress="hidden")
+
+
+# --- The teaching tabs: one function per tab, each with its events beside it -----------------------------------
+
+
+def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+    """One tab per piece of the story; call inside the app's ``gr.Tabs()``."""
+    _forward_tab(model_choice, run_state)
+    _latent_tab(model_choice, run_state)
+    _attention_tab(model_choice, run_state)
+    _unet_tab(model_choice)
+    _cfg_tab(run_state)
+    _ab_tab(run_state)
+    _export_tab(run_state)
+
+
+def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+    with gr.Tab("Forward diffusion", id="forward"):
+        gr.Markdown(texts.EXPLAIN_FORWARD)
+        with gr.Row():
+            with gr.Column(scale=2):
+                image, toy, last = picture_input("forward")
+                t = gr.Slider(0, 999, value=400, step=1, label="timestep t", elem_id="forward-t",
+                              info="0 = the clean picture, 999 = pure noise")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="noise seed", elem_id="forward-seed")
+            with gr.Column(scale=3):
+                noisy = picture_output("decoded noisy latents", "forward-noisy", height=240)
+                text = gr.Markdown(elem_id="forward-text")
+        with gr.Row():
+            # show_label=False on every plot here: each figure has its own title, which the label would cover
+            schedule = gr.Plot(label="the noise schedule", show_label=False, format="png", elem_id="forward-schedule")
+            latents = gr.Plot(label="the noisy latents", show_label=False, format="png", elem_id="forward-latents")
+    toy.click(teaching.toy_picture, [model_choice], image, **CHEAP_EVENTS)
+    last.click(teaching.last_picture, [run_state], image, **CHEAP_EVENTS)
+    for trigger in (image.change, t.release, seed.submit):
+        trigger(teaching.forward_view, [model_choice, image, t, seed], [noisy, latents, schedule, text],
+                trigger_mode="always_last", **MODEL_EVENTS)
+
+
+def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+    with gr.Tab("Latent space", id="latent"):
+        gr.Markdown(texts.EXPLAIN_LATENT)
+        with gr.Row():
+            with gr.Column():
+                image, toy, last = picture_input("latent")
+            decoded = picture_output("decoded from the latents (VAE round trip)", "latent-decoded", height=240)
+        channels = gr.Plot(label="the 4 latent channels", show_label=False, format="png", elem_id="latent-channels")
+        text = gr.Markdown(elem_id="latent-text")
+    toy.click(teaching.toy_picture, [model_choice], image, **CHEAP_EVENTS)
+    last.click(teaching.last_picture, [run_state], image, **CHEAP_EVENTS)
+    image.change(teaching.latent_view, [model_choice, image], [decoded, channels, text], trigger_mode="always_last",
+                 **MODEL_EVENTS)
+
+
+def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+    with gr.Tab("Text & attention", id="attention"):
+        gr.Markdown(texts.EXPLAIN_TEXT)
+        prompt = gr.Textbox(label="Prompt", placeholder="empty = the prompt of your last run",
+                            elem_id="attention-prompt")
+        with gr.Row():
+            tokenize = gr.Button("Show tokens and embeddings", elem_id="attention-tokenize")
+            run = gr.Button("Run and capture attention", variant="primary", elem_id="attention-run")
+        with gr.Row():
+            tokens = gr.Dataframe(headers=["position", "token", "id", "role"], interactive=False, max_height=300,
+                                  label="tokens", elem_id="attention-tokens")
+            with gr.Column():
+                token_text = gr.Markdown(elem_id="attention-token-text")
+                embeddings = gr.Plot(label="text embeddings", show_label=False, format="png",
+                                     elem_id="attention-embeddings")
+        with gr.Row():
+            image = picture_output("the picture", "attention-image", height=220, scale=1)
+            with gr.Column(scale=3):
+                step = gr.Slider(0, 1, value=0, step=1, label="step (0 = the whole run)", interactive=False,
+                                 elem_id="attention-step")
+                special = gr.Checkbox(value=True, label="show start, end and padding tokens")
+                gallery = gr.Gallery(label="cross-attention per token (bright = attended)", columns=6, height=260,
+                                     object_fit="contain", format="png", elem_id="attention-gallery",
+                                     elem_classes=["teaching-gallery"])
+        text = gr.Markdown(elem_id="attention-text")
+        captured = gr.State(None, time_to_live=STATE_TTL_S)
+    tokenize.click(teaching.tokens_view, [model_choice, prompt, run_state], [tokens, token_text, embeddings],
+                   **MODEL_EVENTS)
+    run.click(teaching.attention_run, [model_choice, prompt, run_state], [image, gallery, step, text, captured],
+              **MODEL_EVENTS)
+    for trigger in (step.release, special.input):
+        trigger(teaching.attention_step, [step, special, captured], [gallery, text], trigger_mode="always_last",
+                **CHEAP_EVENTS)
+
+
+def _unet_tab(model_choice: gr.Dropdown) -> None:
+    with gr.Tab("U-Net", id="unet"):
+        gr.Markdown(texts.EXPLAIN_UNET)
+        draw = gr.Button("Draw the selected model's U-Net", elem_id="unet-draw")
+        text = gr.Markdown(elem_id="unet-text")
+        plot = gr.Plot(label="the U-Net", show_label=False, format="png", elem_id="unet-plot")
+        table = gr.Dataframe(headers=unet_diagram.TABLE_HEADERS, interactive=False, label="blocks",
+                             elem_id="unet-table")
+    draw.click(teaching.unet_view, [model_choice], [plot, table, text], **CHEAP_EVENTS)
+
+
+def _cfg_tab(run_state: gr.State) -> None:
+    with gr.Tab("CFG experiments", id="cfg") as tab:
+        gr.Markdown(texts.EXPLAIN_CFG)
+        info = gr.Markdown(texts.NO_RUN, elem_id="cfg-info")
+        gr.Markdown("### Sweep")
+        with gr.Row():
+            scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="guidance scales", scale=3,
+                                info=f"up to {experiments.MAX_SWEEP}; each one is a whole run", elem_id="cfg-scales")
+            sweep = gr.Button("Run the sweep", variant="primary", scale=1, elem_id="cfg-sweep")
+        gallery = gr.Gallery(label="same seed, different guidance", columns=6, height=280, object_fit="contain",
+                             format="png", elem_id="cfg-gallery", elem_classes=["teaching-gallery"])
+        with gr.Row():
+            plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png",
+                           elem_id="cfg-plot")
+            table = gr.Markdown(elem_id="cfg-table")
+        gr.Markdown("### What-if at one step")
+        with gr.Row():
+            step = gr.Slider(1, 2, value=1, step=1, label="step", interactive=False, elem_id="cfg-step")
+            scale = gr.Slider(0, 20, value=7.5, step=0.5, label="guidance scale g", elem_id="cfg-scale")
+        with gr.Row():
+            recorded = picture_output("predicted x0 at the run's own g (VAE decode)", "cfg-recorded", height=200)
+            what_if = picture_output("predicted x0 at the new g (VAE decode)", "cfg-what-if", height=200)
+        text = gr.Markdown(elem_id="cfg-text")
+    tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info], **CHEAP_EVENTS)
+    sweep.click(teaching.cfg_sweep, [run_state, scales], [gallery, plot, table], **MODEL_EVENTS)
+    for trigger in (step.release, scale.release):
+        trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text], trigger_mode="always_last",
+                **MODEL_EVENTS)
+
+
+def _ab_tab(run_state: gr.State) -> None:
+    with gr.Tab("Prompt A/B", id="ab"):
+        gr.Markdown(texts.EXPLAIN_AB)
+        with gr.Row():
+            prompt_b = gr.Textbox(label="Prompt B", placeholder="a small blue square at the top", scale=3,
+                                  elem_id="ab-prompt")
+            run = gr.Button("Run prompt B from the same noise", variant="primary", scale=1, elem_id="ab-run")
+        with gr.Row():
+            image_a = picture_output("A (your last run)", "ab-a", height=220)
+            image_b = picture_output("B", "ab-b", height=220)
+            plot = gr.Plot(label="latent trajectories (PCA)", show_label=False, format="png", elem_id="ab-plot")
+        text = gr.Markdown(elem_id="ab-text")
+    run.click(teaching.ab_run, [run_state, prompt_b], [image_a, image_b, plot, text], **MODEL_EVENTS)
+
+
+def _export_tab(run_state: gr.State) -> None:
+    with gr.Tab("Export", id="export"):
+        gr.Markdown(texts.EXPLAIN_EXPORT)
+        build = gr.Button("Build the zip of my last run", variant="primary", elem_id="export-build")
+        file = gr.File(label="the run as a zip", interactive=False, elem_id="export-file")
+    build.click(teaching.export_run, [run_state], file, api_visibility="private", concurrency_id=EXPORT_CONCURRENCY_ID,
+                concurrency_limit=2)
+
+
+def launch_kwargs() -> dict:
+    """Settings for ``demo.launch``: the page's look and the security settings of a public Space
+    (:func:`sdviz.app.hosting.secure_launch_settings`). Server name and port come from GRADIO_SERVER_NAME/PORT."""
+    return {
+        "css": texts.CSS,
+        "footer_links": ["api", "gradio", "settings"],
+        "state_session_capacity": hosting.capacity().max_sessions,
+        **hosting.secure_launch_settings(),
+    }

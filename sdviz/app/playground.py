@@ -1,0 +1,393 @@
+"""The playground's event handlers: text to image, image to image, Stop, scrubbing the peek-inside panel, and
+choosing a model. Plain module-level functions; :mod:`sdviz.app.layout` binds each to the page's :class:`Page`.
+
+How a run streams (:func:`live_run`): the event iterates the one denoising loop
+(:func:`sdviz.pipeline.sampler.denoise`, through :func:`sdviz.app.services.run_loop_on_gpu`) and yields a live update
+for a step whenever that keeps the time the loop spends waiting for updates within ``LIVE_BUDGET`` of the run (on a
+slow model every step is shown, on a fast one the newest step a few times a second); every step stays in the run
+for scrubbing. Live pictures use the fast approximate colours; full VAE decodes are made on demand and kept per
+run (:func:`sdviz.app.services.step_decodes`); the final picture is always the full decode.
+
+The loop runs in the event's own thread, not a helper thread: a helper would fight the page's rendering for
+Python's global lock, and on a small model that slowed the loop itself several times.
+
+Many users (see docs/reliability.md): the panel always shows the session's latest run
+(:class:`sdviz.app.sessions.PanelRun`); Stop ends the loop after the step in progress; the events that follow a
+run (:func:`settle`, the step slider) touch the panel only while their run is still the latest.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from sdviz.app import hosting, services
+from sdviz.app.components import (
+    DEFAULT_SCHEDULER,
+    GenerateControls,
+    PeekPanel,
+    figures_html,
+    model_label,
+    model_note,
+    scheduler_choices,
+)
+from sdviz.app.gradio_internals import forget_session
+from sdviz.app.services import student_error
+from sdviz.app.sessions import DONE, FAILED, RUNNING, STOPPED, PanelRun, SessionRuns
+from sdviz.app.texts import LATENT_CAPTIONS
+from sdviz.errors import SdvizError
+from sdviz.lessons import peek
+from sdviz.pipeline.models import Model
+from sdviz.pipeline.sampler import expected_steps
+from sdviz.pipeline.settings import MAX_SEED, RunSettings, check_settings
+from sdviz.pipeline.text import tokenize
+from sdviz.pipeline.trace import StepRecord, Trace
+
+UI_MAX_SEED = 2**32 - 1  # what the dice makes (typed seeds may go up to MAX_SEED, like the CLI's)
+MAX_PROMPT_CHARS = 2000  # far beyond what the text encoder reads; longer text is refused
+LIVE_BUDGET = 0.05  # live updates may hold the loop up for at most this share of a run's time
+SETTLE_WAIT_S = 30  # after Stop: how long the follow-up waits for the loop to finish its current step
+
+
+@dataclass
+class Page:
+    """What the playground's handlers work on: the models on offer, every session's latest run, and the
+    components they update."""
+
+    demo: gr.Blocks
+    models: list[str]
+    runs: SessionRuns
+    panel: PeekPanel
+    txt: GenerateControls
+    img: GenerateControls
+    strength: gr.Slider
+    model_state: gr.State  # the model that loaded; the generate events use this one
+    model_info: gr.Markdown
+    run_state: gr.State  # the session's latest finished run, for the teaching tabs
+
+
+def bind(handler: Callable, page: Page) -> Callable:
+    """``handler(page, ...)`` as an event function of the page. Gradio reads an event function's signature and
+    type hints (for its ``gr.Request`` parameter) and whether it is a generator (to stream), so the bound function
+    keeps the handler's name, parameters after ``page``, annotations, and generator-ness."""
+    if inspect.isgeneratorfunction(handler):
+        def event(*args, **kwargs):
+            return (yield from handler(page, *args, **kwargs))
+    else:
+        def event(*args, **kwargs):
+            return handler(page, *args, **kwargs)
+    functools.update_wrapper(event, handler)
+    event.__signature__ = inspect.Signature(list(inspect.signature(handler).parameters.values())[1:])
+    return event
+
+
+# --- Settings from the page (or the API) -----------------------------------------------------------------------
+
+
+def run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, strength=0.8) -> RunSettings:
+    """The page's values as :class:`RunSettings` (width and height: the model's own, like the CLI).
+    Raises :class:`SdvizError` for values that are not even the right kind (the ranges are checked by
+    :func:`sdviz.pipeline.settings.check_settings`)."""
+    return RunSettings(
+        prompt=_text(prompt, "The prompt"),
+        negative_prompt=_text(negative_prompt, "The negative prompt"),
+        steps=whole(steps, "Steps"),
+        guidance_scale=_number(guidance_scale, "Guidance scale (CFG)"),
+        seed=_seed(seed),
+        scheduler=None if scheduler in (None, "", DEFAULT_SCHEDULER) else scheduler,
+        strength=_number(strength, "Strength"),
+    )
+
+
+def _text(value, what: str) -> str:
+    text = "" if value is None else value
+    if not isinstance(text, str):
+        raise SdvizError(f"{what} must be text (got {type(value).__name__}).")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SdvizError(f"{what} is {len(text)} characters long, far more than the text encoder reads: "
+                         f"shorten it to at most {MAX_PROMPT_CHARS} characters.")
+    return text
+
+
+def whole(value, what: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    raise SdvizError(f"{what} must be a whole number (got {value!r}).")
+
+
+def _seed(value) -> int:
+    if value is None or value == "":
+        raise SdvizError(f"The seed is empty: type a whole number from 0 to {UI_MAX_SEED}, or press Random seed.")
+    seed = whole(value, "The seed")
+    if seed < 0:
+        raise SdvizError(f"The seed must be 0 or more (got {seed}): type another whole number, or press Random seed.")
+    if seed > MAX_SEED:
+        raise SdvizError(f"The seed {seed} is too large: the largest is {MAX_SEED} (or press Random seed).")
+    return seed
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return float(value)
+    raise SdvizError(f"{what} must be a number (got {value!r}).")
+
+
+def prompt_notes(model: Model, settings: RunSettings) -> tuple[str, list[str]]:
+    """What to tell the student about the prompts before the run: a note for the status line (empty prompt:
+    unconditional generation) and warnings naming the words a too-long prompt loses."""
+    note = ("Empty prompt: **unconditional generation** (the model draws without any text to follow). "
+            if not settings.prompt.strip() else "")
+    warnings = []
+    for what, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
+        dropped = tokenize(model.tokenizer, text).dropped_words if text else []
+        if dropped:
+            shown = " ".join(dropped[:40]) + (f" … ({len(dropped) - 40} more)" if len(dropped) > 40 else "")
+            warnings.append(f"The {what} is longer than the {model.tokenizer.model_max_length} tokens the text "
+                            f"encoder reads, so it was cut. Dropped ({len(dropped)} words): {shown}")
+    return note, warnings
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+# --- The two generate events -------------------------------------------------------------------------------------
+
+
+def txt2img(page: Page, prompt, negative_prompt, steps, guidance_scale, seed, scheduler, model_name,
+            request: gr.Request = None) -> Iterator[dict]:
+    try:
+        settings = run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler)
+        check_settings(settings)
+    except SdvizError as err:
+        raise student_error(err) from err
+    run = page.runs.start(_session(request), model_name, expected_steps(settings, img2img=False))
+    yield from live_run(page.panel, page.txt.final, page.run_state, model_name, settings, run=run)
+
+
+def img2img(page: Page, image, prompt, negative_prompt, strength, steps, guidance_scale, seed, scheduler, model_name,
+            request: gr.Request = None) -> Iterator[dict]:
+    if image is None:
+        raise student_error("Image to image needs a starting picture: upload one or pick an example.")
+    try:
+        settings = run_settings(prompt, negative_prompt, steps, guidance_scale, seed, scheduler, strength)
+        check_settings(settings, img2img=True)
+    except SdvizError as err:
+        raise student_error(err) from err
+    run = page.runs.start(_session(request), model_name, expected_steps(settings, img2img=True))
+    yield from live_run(page.panel, page.img.final, page.run_state, model_name, settings, init_image=image, run=run)
+
+
+def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name: str, settings: RunSettings,
+             init_image=None, run: PanelRun | None = None) -> Iterator[dict]:
+    """The generate event: run the loop, showing its steps in the panel as they are computed, then the
+    final picture and the trace (into ``run_state``, the session's latest finished run).
+
+    ``run`` is the session's :class:`PanelRun` (made here when not given): the loop appends every step to it,
+    so follow-up events and the step slider see the same run as the pictures, also after a Stop.
+
+    Each live update makes the loop wait while the page's pictures are made and sent (Gradio asks for
+    the next step only after that). So a step is shown when the waiting so far stays within
+    ``LIVE_BUDGET`` of the run's time. The loop ends at the step it is on when this generator is closed
+    (Gradio's cancel, or the tab closing) or when ``run.stop_requested`` is set (the Stop button): then the
+    last update shows the stopped run.
+    """
+    img2img = init_image is not None
+    try:
+        check_settings(settings, img2img=img2img)
+    except SdvizError as err:
+        raise student_error(err) from err
+    model = services.load_for_app(model_name)
+    note, warnings = prompt_notes(model, settings)
+    for warning in warnings:
+        gr.Warning(warning)
+    expected = expected_steps(settings, img2img)
+    run = run if run is not None else PanelRun(model=model.name, expected_steps=expected)
+    yield {
+        final: None, panel.x_t_decode: None, panel.x0_decode: None, panel.animation: None,
+        panel.status: f"{note}Starting: {expected} steps on **{model_label(model.name)}**…",
+        panel.step: gr.Slider(minimum=1, maximum=max(expected, 2), value=1, interactive=False),
+    }
+    steps = services.run_loop_on_gpu(model_name, settings, init_image)
+    try:
+        yield from _stream_steps(panel, model, run, steps, expected, note)
+    except GeneratorExit:
+        raise  # closed by Gradio (Stop, or the tab closed): the finally below records it
+    except Exception as err:
+        run.end(FAILED, err.message if isinstance(err, gr.Error) else "an unexpected error")
+        raise
+    finally:
+        steps.close()  # ends the loop here (it may be mid-run)
+        run.end(STOPPED)  # unless it already ended as DONE or FAILED
+    if run.outcome == STOPPED:
+        yield _stopped_view(panel, model, run)
+        return
+    trace = run.trace
+    values = frame_values(panel, model, trace.steps[-1], len(trace.steps))
+    values.update({
+        final: trace.image,
+        panel.step: gr.Slider(maximum=max(len(trace.steps), 2), value=len(trace.steps), interactive=True),
+        panel.status: (f"{note}Done: {len(trace.steps)} steps in {trace.seconds:.2f} s ({trace.scheduler}, "
+                       f"CFG {'on' if trace.guidance else 'off'}). Move the step slider to look at any step."),
+    })
+    yield values | {run_state: trace}
+
+
+def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator[StepRecord | Trace], expected: int,
+                  note: str) -> Iterator[dict]:
+    """Collect the loop's steps into ``run`` and yield a live update when the budget allows (see :func:`live_run`)."""
+    started = time.perf_counter()
+    waited = 0.0  # seconds the loop has spent waiting for live updates
+    plot_cost = 0.2  # what the next live plot may cost (drawn here, encoded by Gradio); measured as we go
+    for item in steps:
+        if isinstance(item, Trace):
+            run.finish(item)
+            return
+        run.steps.append(item)
+        if run.stop_requested.is_set():
+            return  # Stop: the loop ends at this step
+        update_started = time.perf_counter()
+        if item.index > 0 and waited > LIVE_BUDGET * (update_started - started):
+            continue  # keep the loop going; the run keeps this step for scrubbing
+        total = max(expected, len(run.steps))
+        values = frame_values(panel, model, item, total)
+        values[panel.step] = gr.Slider(maximum=max(total, 2), value=item.index + 1)
+        values[panel.status] = (f"{note}Step **{item.index + 1} / {total}** (t = {item.timestep:.0f}), "
+                                f"{update_started - started:.1f} s. Live previews use approximate colours.")
+        if waited + plot_cost <= LIVE_BUDGET * (update_started - started):
+            plot_started = time.perf_counter()
+            values[panel.plot] = peek.schedule_figure(run.steps, item.index, total)
+            plot_cost = 2 * (time.perf_counter() - plot_started)
+        yield values
+        waited += time.perf_counter() - update_started
+
+
+def frame_values(panel: PeekPanel, model: Model, record: StepRecord, total: int) -> dict:
+    """The panel's pictures and numbers for one step (no plot, no full decodes)."""
+    frame = peek.peek_frame(services.preview_map(model), record, total)
+    latents = zip(LATENT_CAPTIONS, (frame.latents, frame.latents_rgb, frame.pred_x0_rgb), strict=True)
+    noise = [(peek.NOISE_TITLES[kind], frame.noise[kind]) for kind in peek.NOISE_KINDS]
+    return {
+        panel.latents: figures_html(list(latents)),
+        panel.noise: figures_html(noise),
+        panel.numbers: peek.numbers_markdown(frame.numbers),
+    }
+
+
+def _stopped_view(panel: PeekPanel, model: Model, run: PanelRun) -> dict:
+    """The panel after Stop: the step the run stopped at, and a slider over the steps it computed."""
+    n = len(run.steps)
+    if n == 0:
+        return {panel.status: "Stopped before the first step.",
+                panel.step: gr.Slider(maximum=2, value=1, interactive=False)}
+    values = frame_values(panel, model, run.steps[-1], n)
+    values[panel.status] = (f"Stopped at step **{n} / {run.expected_steps}** (no final picture). Move the slider "
+                            f"to look at the {n} step{'s' if n > 1 else ''} computed.")
+    values[panel.step] = gr.Slider(maximum=max(n, 2), value=n, interactive=n > 1)
+    values[panel.plot] = peek.schedule_figure(run.steps, n - 1, run.expected_steps)
+    return values
+
+
+def _decode_values(panel: PeekPanel, model: Model, run: PanelRun, index: int) -> dict:
+    x_t, x0 = services.step_decodes(model, run, index)
+    return {panel.x_t_decode: x_t, panel.x0_decode: x0}
+
+
+# --- What follows a run: Stop, the end state, scrubbing ----------------------------------------------------------
+
+
+def request_stop(page: Page, request: gr.Request = None) -> None:
+    """The Stop button: the loop ends after the step it is on (Gradio's cancel also closes the event)."""
+    run = page.runs.latest(_session(request))
+    if run is not None:
+        run.stop_requested.set()
+
+
+def settle(page: Page, request: gr.Request = None) -> dict:
+    """After a generate event ended (finished, stopped or failed): bring the panel to the run's end state.
+    Finished: full decodes of the last step, the animation, the final plot. Stopped: the step it stopped
+    at and a slider over the steps computed (the event's own last update may have been cut off by the
+    cancel, or arrive after a Stop message). Does nothing when a newer run is already going."""
+    session = _session(request)
+    run = page.runs.latest(session)
+    if run is None:
+        return {}
+    if run.outcome == RUNNING and run.stop_requested.is_set():
+        run.ended.wait(SETTLE_WAIT_S)  # the step in progress finishes first
+    if not run.ended.is_set():
+        return {}  # a new run is going: it updates the panel itself
+    panel = page.panel
+    if run.outcome == FAILED:
+        return {panel.status: f"The run failed: {run.error}"} if page.runs.is_latest(session, run) else {}
+    if not run.steps:
+        return {panel.status: "Stopped before the first step."}
+    model = services.load_for_app(run.model)
+    last = len(run.steps) - 1
+    values = _decode_values(panel, model, run, last)
+    if run.outcome == DONE:
+        gif = peek.run_animation(services.preview_map(model), run.trace)
+        values[panel.animation] = Image.open(io.BytesIO(gif))
+        values[panel.plot] = peek.schedule_figure(run.steps, last, len(run.steps))
+    else:
+        values.update(_stopped_view(panel, model, run))
+    return values if page.runs.is_latest(session, run) else {}
+
+
+def show_step(page: Page, step, request: gr.Request = None) -> dict:
+    """Scrubbing: everything the panel shows for the chosen step of the session's latest run."""
+    session = _session(request)
+    run = page.runs.latest(session)
+    if run is not None and not run.ended.is_set():
+        return {}  # a run is going: the slider follows it
+    if run is None or not run.steps:
+        raise student_error("There is no run to look at in this session yet (or it expired): press Generate.")
+    model = services.load_for_app(run.model)
+    n = len(run.steps)
+    index = min(max(whole(step, "Step") - 1, 0), n - 1)
+    values = frame_values(page.panel, model, run.steps[index], n)
+    values.update(_decode_values(page.panel, model, run, index))
+    values[page.panel.plot] = peek.schedule_figure(run.steps, index, n)
+    what = "the last run" if run.outcome == DONE else "the stopped run"
+    values[page.panel.status] = f"Showing step **{index + 1} / {n}** of {what}."
+    return values if page.runs.is_latest(session, run) else {}
+
+
+# --- The model, and the session's end -----------------------------------------------------------------------
+
+
+def choose_model(page: Page, name, current) -> dict:
+    """The dropdown changed: load the model and use its recommended settings. A model that fails
+    keeps the previous one in use (and the dropdown goes back to it)."""
+    if name == current:  # e.g. the dropdown going back after a failure
+        return {page.model_state: current}
+    try:
+        hosting.check_allowed(name, page.models)  # Gradio checks the choices too; never load anything else
+    except SdvizError as err:
+        raise student_error(err) from err
+    model = services.load_for_app(name)
+    rec = model.recommended
+    updates = {page.model_state: name, page.model_info: model_note(model), page.strength: gr.Slider(value=rec.strength)}
+    for controls in (page.txt, page.img):
+        updates[controls.steps] = gr.Slider(value=rec.steps)
+        updates[controls.guidance_scale] = gr.Slider(value=rec.guidance_scale)
+        updates[controls.scheduler] = gr.Dropdown(choices=scheduler_choices(model), value=DEFAULT_SCHEDULER)
+    return updates
+
+
+def end_session(page: Page, request: gr.Request = None) -> None:
+    """The tab closed: free its run and its stored values now, not an hour later."""
+    session = _session(request)
+    if session is not None:
+        forget_session(page.demo, session)
+    page.runs.end_session(session)
+    page.runs.forget_expired()

@@ -1,0 +1,165 @@
+"""The model work the page needs, in one place: loading a model for the app, its preview colours, full decodes of
+a run's steps, and every call into a model part (the loop, the VAE, the text encoder, the U-Net).
+
+The playground and the teaching tabs both use this module and never each other. The handlers draw figures from
+what these functions return; the functions themselves hold no Gradio component.
+
+On a ZeroGPU Space :func:`sdviz.app.hosting.gpu` runs each function marked ``@hosting.gpu`` in a forked worker that
+holds a GPU for at most ``duration`` seconds. So they take the model's *name* and plain values, return plain values
+(pictures, CPU tensors and arrays, dataclasses of those), and turn :class:`SdvizError` into ``gr.Error`` themselves:
+only a ``gr.Error``'s message comes back from the worker. Everywhere else they are plain calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from sdviz.app import hosting
+from sdviz.app.sessions import PanelRun
+from sdviz.errors import SdvizError
+from sdviz.lessons import experiments, forward, latent_space, text_attention
+from sdviz.lessons.peek import RgbMap
+from sdviz.pipeline import capture, vae
+from sdviz.pipeline.models import Model, load_model, use_cpu_threads
+from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.text import Tokens
+from sdviz.pipeline.trace import StepRecord, Trace
+
+# --- Errors a student sees ---------------------------------------------------------------------------------
+
+
+def student_error(message: SdvizError | str) -> gr.Error:
+    """A message for the student, shown on the page and returned by the API (not a crash: no traceback in the
+    server log)."""
+    return gr.Error(str(message), print_exception=False)
+
+
+def friendly(fn):
+    """Decorator: an :class:`SdvizError` raised by ``fn`` reaches the student as it is (:func:`student_error`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SdvizError as err:
+            raise student_error(err) from err
+
+    return wrapper
+
+
+# --- The model, ready for the page --------------------------------------------------------------------------
+
+
+def load_for_app(name: str) -> Model:
+    """Load a model (cached) and fit its preview colours; bad ones give a gr.Error. The callers decide which
+    names are allowed (:func:`sdviz.app.hosting.check_allowed`)."""
+    try:
+        model = load_model(name)
+    except SdvizError as err:
+        raise student_error(err) from err
+    use_cpu_threads(model)  # as the CLI does: same pixels, and a small model's loop is not slowed by idle threads
+    preview_map(model)
+    return model
+
+
+def preview_map(model: Model) -> RgbMap:
+    """The model's fitted latent -> RGB map for the fast previews (fitted once; kept in ``model.derived``)."""
+    if hosting.zero_gpu() and "rgb_map" not in model.derived:  # fitting uses the VAE: only a GPU worker may
+        model.derived["rgb_map"] = fit_preview_colours(model.name)
+    return vae.preview_map(model)
+
+
+@hosting.gpu(duration=30)
+def fit_preview_colours(model_name: str) -> RgbMap:
+    return vae.preview_map(load_model(model_name))
+
+
+# --- The playground: the loop, and full decodes of its steps --------------------------------------------------
+
+
+def run_loop(model_name: str, settings: RunSettings, init_image=None) -> Iterator[StepRecord | Trace]:
+    """The one denoising loop (:func:`sdviz.pipeline.sampler.denoise`) for one run of the app. On ZeroGPU it runs in
+    a GPU worker (:data:`run_loop_on_gpu`), which passes on only gr.Error messages: hence the translation here."""
+    try:
+        yield from denoise(load_model(model_name), settings, init_image)
+    except SdvizError as err:
+        raise student_error(err) from err
+
+
+run_loop_on_gpu = hosting.gpu(run_loop, duration=hosting.loop_seconds)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+def decode_pair(model_name: str, x_t, x0) -> tuple[Image.Image, Image.Image]:
+    model = load_model(model_name)
+    return vae.decode_to_pil(model, x_t), vae.decode_to_pil(model, x0)
+
+
+def step_decodes(model: Model, run: PanelRun, index: int) -> tuple[Image.Image, Image.Image]:
+    """Full VAE decodes of step ``index``'s x_t and predicted x0: kept in the run's store for scrubbing; on ZeroGPU
+    made in a GPU worker each time (a worker cannot fill a store of this process)."""
+    record = run.steps[index]
+    if hosting.zero_gpu():
+        return decode_pair(model.name, record.latents, record.pred_x0)
+    pictures = []
+    for kind, latents in (("x_t", record.latents), ("x0", record.pred_x0)):
+        picture = run.decodes.get((index, kind))
+        if picture is None:
+            picture = vae.decode_to_pil(model, latents)
+            run.decodes.put((index, kind), picture)
+        pictures.append(picture)
+    return pictures[0], pictures[1]
+
+
+# --- The teaching tabs: each use of the VAE, the text encoder or the U-Net -------------------------------------
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def noise_picture(model_name: str, image: Image.Image, t: int, seed: int) -> forward.NoisedPicture:
+    return forward.noise_picture(load_model(model_name), image, t, seed=seed)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def explore_latents(model_name: str, image: Image.Image) -> latent_space.LatentReport:
+    return latent_space.explore_latents(load_model(model_name), image)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def embed_tokens(model_name: str, tokens: Tokens) -> np.ndarray:
+    return text_attention.embedding_matrix(load_model(model_name), tokens)
+
+
+@hosting.gpu(duration=hosting.loop_seconds)
+@friendly
+def capture_attention(model_name: str, settings: RunSettings,
+                      init_image: Image.Image | None) -> tuple[Trace, capture.AttentionMaps]:
+    return capture.capture_run(load_model(model_name), settings, init_image)
+
+
+@hosting.gpu(duration=hosting.sweep_seconds)
+@friendly
+def guidance_sweep(model_name: str, settings: RunSettings, scales: list[float],
+                   init_image: Image.Image | None) -> experiments.Sweep:
+    return experiments.guidance_sweep(load_model(model_name), settings, scales, init_image)
+
+
+@hosting.gpu(duration=hosting.QUICK_SECONDS)
+@friendly
+def what_if(model_name: str, trace: Trace, step: int, scale: float) -> experiments.WhatIf:
+    return experiments.what_if(load_model(model_name), trace, step, scale)
+
+
+@hosting.gpu(duration=hosting.loop_seconds)
+@friendly
+def prompt_ab(model_name: str, settings: RunSettings, prompt_b: str, init_image: Image.Image | None,
+              trace_a: Trace) -> experiments.PromptAB:
+    return experiments.prompt_ab(load_model(model_name), settings, prompt_b, init_image, trace_a=trace_a)
