@@ -330,6 +330,41 @@ def test_session_runs_are_bounded_in_number_and_time_and_freed_when_the_tab_clos
     assert len(runs) == 0
 
 
+def sd15_sized_run(runs: SessionRuns, session: str, steps: int = 50) -> None:
+    """A finished run the size of SD 1.5's at 512x512: 50 steps of five [4, 64, 64] float16 tensors, 4 decodes."""
+    run = runs.start(session, "sd-1.5", steps)
+    run.steps.extend(StepRecord(i, 999.0 - i, 1.0, *(torch.zeros(4, 64, 64, dtype=torch.float16) for _ in range(5)))
+                     for i in range(steps))
+    for i in range(4):
+        run.decodes.put((i, "x_t"), Image.new("RGB", (512, 512)))
+    run.end(STOPPED)
+
+
+def test_the_sessions_runs_are_bounded_in_bytes_with_sd15_sized_runs():
+    alone = SessionRuns()
+    sd15_sized_run(alone, "x")
+    one = alone.nbytes()
+    assert 10e6 < one < 12e6  # 8.2 MB of steps + 3.1 MB of decodes
+    runs = SessionRuns(max_sessions=500, max_bytes=int(5.5 * one))
+    for i in range(40):  # a class, each student's latest run
+        sd15_sized_run(runs, f"s{i}")
+    assert runs.latest("s39") is not None  # the newest always stays
+    assert len(runs) == 5 and runs.nbytes() <= runs.max_bytes
+    assert runs.latest("s0") is None and runs.latest("s35") is not None
+    tiny = SessionRuns(max_bytes=one // 2)  # a budget smaller than one run still keeps the newest run
+    sd15_sized_run(tiny, "a")
+    sd15_sized_run(tiny, "b")
+    assert tiny.latest("b") is not None and tiny.latest("a") is None and len(tiny) == 1
+
+
+def test_the_memory_budget_comes_from_the_environment():
+    cpu = torch.device("cpu")
+    assert hosting.capacity(cpu, {}).session_bytes == hosting.DEFAULT_SESSION_MB * 2**20
+    assert hosting.capacity(cpu, {"SDVIZ_SESSION_MB": "512"}).session_bytes == 512 * 2**20
+    with pytest.raises(SdvizError, match="SDVIZ_SESSION_MB must be a whole number of 1 or more"):
+        hosting.capacity(cpu, {"SDVIZ_SESSION_MB": "lots"})
+
+
 def test_a_new_run_replaces_the_sessions_previous_one_and_a_closed_tab_stops_its_run():
     runs = SessionRuns()
     old = fake_run(runs, "s")

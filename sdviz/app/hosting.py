@@ -10,6 +10,9 @@ built:
     SDVIZ_CONCURRENCY   runs computed at the same time (default: 1 on a CPU or Apple GPU, 2 on a CUDA GPU)
     SDVIZ_QUEUE_SIZE    requests that may wait; one more gets "this application is busy" (default 64)
     SDVIZ_MAX_SESSIONS  browser sessions whose latest run is kept in memory (default 500)
+    SDVIZ_SESSION_MB    memory for those runs (traces and their VAE decodes), in MB; the least recently used go
+                        first beyond it (default 2048: a 512x512 SD 1.5 run with its decodes is about 16 MB, so
+                        a class of 60 needs about 1 GB; the embedded model's about 0.1 MB)
 
 On a ZeroGPU Space (the ``spaces`` package is installed and ``SPACES_ZERO_GPU`` is set), :func:`gpu` wraps the
 functions that touch the model in ``spaces.GPU``: each call borrows a GPU for its duration, in a forked worker, so
@@ -32,9 +35,11 @@ MODELS_ENV = "SDVIZ_MODELS"
 CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
 QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"
 MAX_SESSIONS_ENV = "SDVIZ_MAX_SESSIONS"
+SESSION_MB_ENV = "SDVIZ_SESSION_MB"
 
 DEFAULT_QUEUE_SIZE = 64
 DEFAULT_MAX_SESSIONS = 500
+DEFAULT_SESSION_MB = 2048
 MAX_UPLOAD = "10mb"  # the largest file the server accepts (a picture for image to image)
 
 
@@ -61,6 +66,7 @@ class Capacity:
     concurrency: int  # runs computed at the same time
     queue_size: int  # requests that may wait for a slot (all events together)
     max_sessions: int  # sessions whose latest run stays in memory (and Gradio's own session limit)
+    session_bytes: int = DEFAULT_SESSION_MB * 2**20  # memory those runs may hold together
 
 
 def default_concurrency(device: torch.device) -> int:
@@ -78,6 +84,7 @@ def capacity(device: torch.device | None = None, env: Mapping[str, str] | None =
         concurrency=_positive_int(env, CONCURRENCY_ENV, default_concurrency(device)),
         queue_size=_positive_int(env, QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE),
         max_sessions=_positive_int(env, MAX_SESSIONS_ENV, DEFAULT_MAX_SESSIONS),
+        session_bytes=_positive_int(env, SESSION_MB_ENV, DEFAULT_SESSION_MB) * 2**20,
     )
 
 

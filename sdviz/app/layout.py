@@ -51,7 +51,8 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         limits = hosting.capacity(model.device if model is not None else None)
     except SdvizError as err:
         raise SystemExit(f"sdviz: {err}") from err
-    runs = SessionRuns(max_sessions=max_sessions or limits.max_sessions, ttl_s=STATE_TTL_S)
+    runs = SessionRuns(max_sessions=max_sessions or limits.max_sessions, ttl_s=STATE_TTL_S,
+                       max_bytes=limits.session_bytes)
 
     with gr.Blocks(title="sdviz: peek inside Stable Diffusion", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step\n"

@@ -1,4 +1,4 @@
-"""What the peek-inside panel shows, for each browser session: its latest run, bounded in count and time.
+"""What the peek-inside panel shows, for each browser session: its latest run, bounded in count, bytes and time.
 
 A browser tab is one Gradio *session* (``gr.Request.session_hash``). The panel always shows that session's
 latest run: while it runs, the steps computed so far; after it, every step for scrubbing, with full VAE decodes
@@ -10,7 +10,8 @@ cached for it. :class:`PanelRun` holds one such run, and :class:`SessionRuns` ke
   too, and events that come after it (the animation, full decodes, the Stop message) check that the run they
   belong to is still the session's latest before they touch the panel;
 - entries go when the tab closes (:meth:`SessionRuns.end_session`, from ``demo.unload``), ``ttl_s`` after their
-  last use, and least recently used first beyond ``max_sessions``.
+  last use, and least recently used first beyond ``max_sessions`` runs or ``max_bytes`` of steps and decodes
+  (the session asking is never the one dropped: the newest run always stays).
 
 The finished trace also goes to the page's ``run_state`` (for the teaching tabs): the same object, not a copy.
 """
@@ -102,11 +103,12 @@ class PanelRun:
 
 
 class SessionRuns:
-    """The latest :class:`PanelRun` of every session, bounded by ``max_sessions`` and ``ttl_s``."""
+    """The latest :class:`PanelRun` of every session, bounded by ``max_sessions``, ``max_bytes`` and ``ttl_s``."""
 
-    def __init__(self, max_sessions: int = 500, ttl_s: float = STATE_TTL_S):
+    def __init__(self, max_sessions: int = 500, ttl_s: float = STATE_TTL_S, max_bytes: int = 2048 * 2**20):
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
         self._runs: OrderedDict[str, tuple[PanelRun, float]] = OrderedDict()  # session -> (run, last used)
         self._lock = threading.Lock()
 
@@ -130,6 +132,7 @@ class SessionRuns:
                 return None
             self._runs[session] = (entry[0], time.monotonic())
             self._runs.move_to_end(session)
+            self._forget_old()  # a finished run may have grown (its decodes) since it started
             return entry[0]
 
     def is_latest(self, session: str | None, run: PanelRun) -> bool:
@@ -149,13 +152,18 @@ class SessionRuns:
             self._forget_old()
 
     def _forget_old(self) -> None:
+        """Drop the least recently used runs while there are too many, too old, or too many bytes of them."""
         now = time.monotonic()
+        held = sum(run.nbytes() for run, _ in self._runs.values())
         while self._runs:
-            session, (_, used) = next(iter(self._runs.items()))
+            session, (run, used) = next(iter(self._runs.items()))  # the least recently used
+            expired = now - used > self.ttl_s
             too_many = len(self._runs) > self.max_sessions
-            if not too_many and now - used <= self.ttl_s:
+            too_big = held > self.max_bytes and len(self._runs) > 1  # the newest run always stays
+            if not (expired or too_many or too_big):
                 break
             del self._runs[session]  # a run still going goes on; only the panel forgets it
+            held -= run.nbytes()
 
     def __len__(self) -> int:
         with self._lock:

@@ -1,6 +1,6 @@
 """Forward diffusion: noise a picture's latents up to any timestep t, with the model's own schedule.
 
-The seed document's picture is a drop of ink spreading on tissue paper: step by step the picture is
+Picture a drop of ink spreading on tissue paper: step by step the picture is
 mixed with Gaussian noise until nothing of it is left. In latent space, at timestep t,
 
     x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise

@@ -2,7 +2,7 @@
 
 Stable Diffusion never denoises pixels. Its VAE encoder squeezes a picture into a small grid of latent
 values (SD: 8x smaller per side, 4 channels instead of 3 colours, so 48x fewer numbers), the U-Net
-works on that grid, and the VAE decoder turns it back into a picture. The seed document asks whether
+works on that grid, and the VAE decoder turns it back into a picture. A student may ask whether
 this loses information: here a student can see the 4 channels, the numbers, and how close the
 round trip picture -> latents -> picture comes to the original.
 """

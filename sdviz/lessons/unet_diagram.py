@@ -1,6 +1,6 @@
 """The U-Net, drawn from the loaded model itself: contracting path, bottleneck, expansive path, skips.
 
-The seed document describes the U-Net as two paths: a contracting path of encoders that shrink the
+Stable Diffusion's U-Net has two paths: a contracting path of encoders that shrink the
 picture (here: the latents) while adding channels, and an expansive path of decoders that grow it back,
 helped by skip connections that carry each resolution's details straight across. Stable Diffusion's
 U-Net adds two things: every block gets the timestep (how noisy the input is), and the blocks with
