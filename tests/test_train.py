@@ -98,3 +98,41 @@ def test_training_saves_under_runs_by_default_and_into_assets_only_when_asked(tm
             run_micro(tmp_path / "work", out)
     assert {p: p.stat().st_mtime_ns for p in shipped.rglob("*")} == before
     assert not (shipped.parent / "another-model").exists()
+
+
+def test_the_v3_recipe_trains_end_to_end_at_128_with_two_shape_captions(tmp_path):
+    out = tmp_path / "v3"
+    train.main(["--preset", "v3-micro", "--workdir", str(tmp_path / "work"), "--out", str(out), "--threads", "1",
+                "--device", "cpu"])
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a red circle to the left of a big blue square"
+    image = pipe(prompt, num_inference_steps=2, guidance_scale=3.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (128, 128, 3) and np.isfinite(image).all()
+    assert pipe.unet.config.sample_size == 16 and pipe.unet.config.down_block_types[0] == "DownBlock2D"
+    ids = pipe.tokenizer(prompt).input_ids
+    assert len(ids) == len(prompt.split()) + 2  # every word one token, start and end: fits its 24 positions
+    assert pipe.tokenizer.model_max_length == 24 == pipe.text_encoder.config.max_position_embeddings
+    recommended = json.loads((out / RECOMMENDED_FILE).read_text())
+    assert recommended["height"] == recommended["width"] == 128
+
+
+def test_two_shape_captions_say_the_picture_either_way_round_and_never_a_held_out_pair():
+    import random
+
+    from sdviz.toy import world
+
+    cfg = train.PRESETS["v3"]
+    rng = random.Random(0)
+    scene = dataclasses.asdict(world.PairScene(world.Shape("red", "circle", 0.3, 0.5, 0.1),
+                                               world.Shape("green", "square", 0.7, 0.5, 0.1), "left", (240,) * 3))
+    said = {train.random_caption(rng, scene, cfg, caption_noise=0.0) for _ in range(200)}
+    assert said == {"", "a red circle to the left of a green square", "a green square to the right of a red circle"}
+    for _ in range(500):
+        drawn = dataclasses.asdict(world.random_pair_scene(rng, exclude_held_out=True))
+        caption = train.random_caption(rng, drawn, cfg, caption_noise=0.5)
+        for (c1, s1), (c2, s2) in world.PAIR_HELD_OUT:
+            for a, b in (((c1, s1), (c2, s2)), ((c2, s2), (c1, s1))):
+                assert not (caption.startswith(f"a {a[0]} {a[1]} ") and caption.endswith(f" a {b[0]} {b[1]}"))

@@ -1,4 +1,5 @@
-"""The pixel judge: what does a toy-world picture show? Colour, shape, position and size, by pixel analysis.
+"""The pixel judge: what does a toy-world picture show? Colour, shape, position and size, by pixel analysis;
+and for two-shape pictures (:func:`judge_pair`), each shape and where one is seen from the other.
 
 The evaluation (:mod:`sdviz.toy.evaluate`) asks the model for "a red triangle on the left" and lets this
 judge say what came out. It knows nothing about the model; it reads pixels the way a person would:
@@ -17,6 +18,7 @@ Everything is measured on a 64x64 copy of the picture, whatever its size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -82,21 +84,13 @@ class Verdict:
 
 
 def judge(picture: Image.Image | np.ndarray) -> Verdict:
-    """Look at a toy-world picture (PIL or uint8 [H, W, 3]) and say what it shows."""
+    """Look at a one-shape toy-world picture (PIL or uint8 [H, W, 3]) and say what it shows."""
     pixels = _as_pixels(picture)
-    problems: list[str] = []
-
-    # 1. Background: the dominant colour of the frame.
-    frame = np.concatenate([pixels[:BORDER].reshape(-1, 3), pixels[-BORDER:].reshape(-1, 3),
-                            pixels[:, :BORDER].reshape(-1, 3), pixels[:, -BORDER:].reshape(-1, 3)])
-    background = np.median(frame, axis=0)
-    if np.mean(np.linalg.norm(frame - background, axis=1) < NEAR_BACKGROUND) < PLAIN_BORDER:
-        problems.append("no plain background")
+    background, problems = _background(pixels)
     distance = np.linalg.norm(pixels - background, axis=2)
 
     # 2. Blobs of pixels far from the background; the largest one is the shape.
-    blobs = _label(distance > FOREGROUND)
-    sizes = np.bincount(blobs.ravel())[1:]
+    blobs, sizes = _blobs(distance)
     if sizes.size == 0 or sizes.max() < MIN_AREA:
         return _empty(background, problems + ["blank (no shape at all)"])
     main = int(np.argmax(sizes)) + 1
@@ -104,14 +98,87 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     more = int(np.sum(others >= max(MIN_AREA / 4, SPECK * sizes.max())))  # smaller ones are specks
     if more:
         problems.append(f"several shapes ({1 + more} blobs)")
+    verdict, _ = _measure(pixels, background, distance, blobs == main)
+    return dataclasses.replace(verdict, problems=tuple(problems) + verdict.problems)
 
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """What the judge sees in a two-shape picture: its (up to two) shapes, each judged on its own."""
+
+    shapes: tuple[Verdict, ...]  # largest first
+    masks: tuple[np.ndarray, ...]  # each shape's coverage on the judge's 64x64 grid, 0..1 (for attention)
+    problems: tuple[str, ...]  # about the picture as a whole: no plain background, one shape, three shapes
+
+    @property
+    def found(self) -> bool:
+        """Two clear shapes on a plain background."""
+        return not self.problems and len(self.shapes) == 2 and all(v.clear for v in self.shapes)
+
+    def assign(self, first: tuple[str, str], second: tuple[str, str]) -> tuple[int, int]:
+        """Which shape is the caption's first and which its second (colour, shape): the pairing with the more
+        attributes right."""
+        def right(i: int, wanted: tuple[str, str]) -> int:
+            return int(self.shapes[i].colour == wanted[0]) + int(self.shapes[i].shape == wanted[1])
+
+        return (0, 1) if right(0, first) + right(1, second) >= right(1, first) + right(0, second) else (1, 0)
+
+    def agrees(self, first: tuple[str, str], second: tuple[str, str], relation: str) -> dict[str, bool]:
+        """Both shapes right (colour and shape), and, for a spatial relation, the first where the caption says."""
+        if not self.found:
+            return {"shapes": False, **({"relation": False} if relation != "and" else {})}
+        i, j = self.assign(first, second)
+        a, b = self.shapes[i], self.shapes[j]
+        result = {"shapes": (a.colour, a.shape) == first and (b.colour, b.shape) == second}
+        if relation != "and":
+            result["relation"] = world.seen_relation(a.centre, b.centre) == relation
+        return result
+
+
+def judge_pair(picture: Image.Image | np.ndarray) -> PairVerdict:
+    """Look at a two-shape toy-world picture and judge its two largest shapes, each on its own."""
+    pixels = _as_pixels(picture)
+    background, problems = _background(pixels)
+    distance = np.linalg.norm(pixels - background, axis=2)
+    blobs, sizes = _blobs(distance)
+    real = [i + 1 for i in np.argsort(-sizes) if sizes[i] >= MIN_AREA]
+    if len(real) < 2:
+        problems.append("blank (no shape at all)" if not real else "one shape only (two touch, or one is missing)")
+    elif len(real) > 2 and sizes[real[2] - 1] >= SPECK * sizes[real[1] - 1]:
+        problems.append(f"several shapes ({len(real)} blobs)")
+    shapes, masks = [], []
+    for label in real[:2]:
+        verdict, coverage = _measure(pixels, background, distance, blobs == label)
+        shapes.append(verdict)
+        masks.append(coverage)
+    return PairVerdict(tuple(shapes), tuple(masks), tuple(problems))
+
+
+def _background(pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """1. The background: the dominant colour of the frame (and a problem if the frame is not plain)."""
+    frame = np.concatenate([pixels[:BORDER].reshape(-1, 3), pixels[-BORDER:].reshape(-1, 3),
+                            pixels[:, :BORDER].reshape(-1, 3), pixels[:, -BORDER:].reshape(-1, 3)])
+    background = np.median(frame, axis=0)
+    plain = np.mean(np.linalg.norm(frame - background, axis=1) < NEAR_BACKGROUND) >= PLAIN_BORDER
+    return background, [] if plain else ["no plain background"]
+
+
+def _blobs(distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected blobs of pixels far from the background, and each blob's size in pixels."""
+    blobs = _label(distance > FOREGROUND)
+    return blobs, np.bincount(blobs.ravel())[1:]
+
+
+def _measure(pixels: np.ndarray, background: np.ndarray, distance: np.ndarray,
+             inside: np.ndarray) -> tuple[Verdict, np.ndarray]:
+    """Steps 3-5 for one blob: its colour, coverage, box, shape, position and size, and what is wrong with it."""
+    problems: list[str] = []
     # 3. The shape's colour, then each pixel's coverage: where it lies between background and that colour.
-    inside = blobs == main
     core = inside & (distance >= 0.8 * np.percentile(distance[inside], 90))
     rgb = np.median(pixels[core], axis=0)
     contrast = rgb - background
     coverage = np.clip((pixels - background) @ contrast / max(float(contrast @ contrast), 1e-6), 0, 1)
-    coverage = coverage * _grow(inside)  # the main blob and its anti-aliased rim only
+    coverage = coverage * _grow(inside)  # the blob and its anti-aliased rim only
     area = float(coverage.sum())
     if area / SIDE**2 > MAX_AREA:
         problems.append(f"too big (covers {area / SIDE**2:.0%} of the picture)")
@@ -145,12 +212,13 @@ def judge(picture: Image.Image | np.ndarray) -> Verdict:
     centre = (centre_x / SIDE, centre_y / SIDE)
     position = min(world.POSITIONS, key=lambda p: math.dist(centre, world.POSITIONS[p][1]))
     half_extent = max(width, height) / 2 / SIDE
-    return Verdict(
+    verdict = Verdict(
         colour=colour, shape=shape, position=position, size="big" if half_extent > SIZE_THRESHOLD else "small",
         problems=tuple(problems), background=_rgb_tuple(background), rgb=_rgb_tuple(rgb),
         colour_distance=colour_distance, area=area / SIDE**2, fill=fill, bottom_share=bottom_share,
         centre=centre, half_extent=half_extent,
     )
+    return verdict, coverage
 
 
 def _as_pixels(picture: Image.Image | np.ndarray) -> np.ndarray:

@@ -60,14 +60,14 @@ def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
     return pieces
 
 
-def build_text_encoder(vocab_size: int) -> CLIPTextModel:
+def build_text_encoder(vocab_size: int, max_tokens: int = MAX_TOKENS) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,
         intermediate_size=4 * TEXT_DIM,
         num_hidden_layers=3,
         num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
+        max_position_embeddings=max_tokens,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -75,8 +75,9 @@ def build_text_encoder(vocab_size: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_vae() -> AutoencoderKL:
-    """Three halvings (64 -> 8) and 4 latent channels: the same compression as SD's VAE."""
+def build_vae(image_size: int = world.IMAGE_SIZE) -> AutoencoderKL:
+    """Three halvings (64 -> 8, or 128 -> 16) and 4 latent channels: the same compression as SD's VAE. Fully
+    convolutional, so it can learn on crops of the pictures it will encode whole."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -86,19 +87,22 @@ def build_vae() -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=world.IMAGE_SIZE,
+        sample_size=image_size,
     )
 
 
-def build_unet() -> UNet2DConditionModel:
-    """A small U-Net: 8x8 -> 4x4 -> 2x2 and back, cross-attention at 8x8, 4x4 and in the middle."""
+def build_unet(image_size: int = world.IMAGE_SIZE, channels: tuple[int, ...] = (64, 96, 128),
+               attention: tuple[bool, ...] = (True, True, False)) -> UNet2DConditionModel:
+    """A small U-Net over the latent grid (image_size / 8), halving at each level but the last and back.
+    ``attention`` says which levels have cross-attention (the text enters there; the middle always has it).
+    The shipped model: 8x8 -> 4x4 -> 2x2, cross-attention at 8x8, 4x4 and in the middle."""
     return UNet2DConditionModel(
-        sample_size=world.IMAGE_SIZE // 8,
+        sample_size=image_size // 8,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(64, 96, 128),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        block_out_channels=channels,
         layers_per_block=1,
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=8,

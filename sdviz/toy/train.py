@@ -39,10 +39,17 @@ DEFAULT_OUT = Path("runs/tiny-sd")  # git-ignored; `--ship` writes into assets/ 
 class TrainConfig:
     seed: int = 0
     threads: int = 2
+    # the world and the model's size (the shipped model: 64x64 pictures of one shape, 8x8x4 latents)
+    image_size: int = 64
+    pair_fraction: float = 0.0  # share of two-shape pictures ("a red circle to the left of a blue square")
+    max_tokens: int = toy_model.MAX_TOKENS  # the text encoder's length
+    unet_channels: tuple[int, ...] = (64, 96, 128)
+    unet_attention: tuple[bool, ...] = (True, True, False)  # cross-attention per level, finest first
     # stage 1: VAE
     vae_steps: int = 2500
     vae_batch: int = 32
     vae_lr: float = 1e-3
+    vae_crop: int | None = None  # train on random crops of this side (the VAE is fully convolutional)
     kl_weight: float = 1e-6  # SD's weight: keeps the latent space smooth without blurring
     # stage 2: U-Net + text encoder, on latents of a fixed set of pictures
     dataset_size: int = 30000
@@ -79,16 +86,22 @@ class TrainConfig:
     ema_decay: float = 0.999
     warmup_steps: int = 200
     checkpoint_every: int = 500
-    # what the shipped model recommends to the CLI and the app
-    recommended: dict = dataclasses.field(
-        default_factory=lambda: {"steps": 20, "guidance_scale": 2.0, "height": 64, "width": 64}
-    )
+    # what the model recommends to the CLI and the app (height and width: image_size)
+    recommended: dict = dataclasses.field(default_factory=lambda: {"steps": 20, "guidance_scale": 2.0})
 
 
+# v3 (not shipped yet): 128x128 pictures (16x16x4 latents), half of them two-shape scenes. Sized for <= 120 min on
+# 2 cores from measured step times (U-Net (32, 64, 128) without attention at 16x16: 0.85 s a step of 64; the VAE
+# on 64x64 crops: 0.91 s a step of 32): VAE 2,000 steps (~30 min), encoding (~4 min), U-Net 5,000 (~71 min).
+V3 = dict(image_size=128, pair_fraction=0.5, max_tokens=24, unet_channels=(32, 64, 128),
+          unet_attention=(False, True, True), vae_crop=64, vae_steps=2000, unet_steps=3500, layout_steps=1500)
+MICRO = dict(vae_steps=2, vae_batch=4, dataset_size=16, unet_steps=2, layout_steps=1, unet_batch=4, warmup_steps=1,
+             checkpoint_every=1)
 PRESETS = {
-    "full": TrainConfig(),
-    "micro": TrainConfig(vae_steps=2, vae_batch=4, dataset_size=16, unet_steps=2, layout_steps=1, unet_batch=4,
-                         warmup_steps=1, checkpoint_every=1),
+    "full": TrainConfig(),  # the shipped model
+    "micro": TrainConfig(**MICRO),
+    "v3": TrainConfig(**V3),
+    "v3-micro": TrainConfig(**{**V3, **MICRO}),
 }
 
 
@@ -108,7 +121,7 @@ def save_checkpoint(path: Path, **state) -> None:
 
 # -- stage 1 ----------------------------------------------------------------------------------
 def train_vae(cfg: TrainConfig, workdir: Path, device: torch.device, resume: bool):
-    vae = toy_model.build_vae().to(device)
+    vae = toy_model.build_vae(cfg.image_size).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt, start = workdir / "vae.ckpt", 0
     if resume and ckpt.exists():
@@ -121,7 +134,9 @@ def train_vae(cfg: TrainConfig, workdir: Path, device: torch.device, resume: boo
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
-        x = torch.from_numpy(world.batch(rng, cfg.vae_batch)[0]).to(device)
+        x = torch.from_numpy(world.batch(rng, cfg.vae_batch, pair_fraction=cfg.pair_fraction,
+                                         size=cfg.image_size)[0])
+        x = random_crops(x, cfg.vae_crop, rng).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         # L1 keeps edges sharp, MSE is what PSNR measures; the KL term is SD's tiny one.
@@ -145,7 +160,8 @@ def encode_dataset(cfg: TrainConfig, vae, workdir: Path, device: torch.device, r
     rng = random.Random(cfg.seed + 1)
     means, stds, scenes = [], [], []
     for start in tqdm(range(0, cfg.dataset_size, 256), desc="encode"):
-        x, batch_scenes = world.batch(rng, min(256, cfg.dataset_size - start))
+        x, batch_scenes = world.batch(rng, min(256, cfg.dataset_size - start), pair_fraction=cfg.pair_fraction,
+                                      size=cfg.image_size)
         dist = vae.encode(torch.from_numpy(x).to(device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
@@ -159,10 +175,23 @@ def encode_dataset(cfg: TrainConfig, vae, workdir: Path, device: torch.device, r
 
 
 # -- stage 2 ----------------------------------------------------------------------------------
+def random_crops(x: torch.Tensor, side: int | None, rng: random.Random) -> torch.Tensor:
+    """A random ``side`` x ``side`` crop of each picture of [n, 3, H, W] (all of it when ``side`` is None)."""
+    if side is None or side >= x.shape[-1]:
+        return x
+    corners = [(rng.randrange(x.shape[-2] - side + 1), rng.randrange(x.shape[-1] - side + 1)) for _ in range(len(x))]
+    return torch.stack([picture[:, y : y + side, left : left + side] for picture, (y, left) in zip(x, corners, strict=True)])
+
+
+CONVERSE = {"and": "and", "left": "right", "right": "left", "above": "below", "below": "above"}
+
+
 def random_caption(rng: random.Random, scene: dict, cfg: TrainConfig, caption_noise: float) -> str:
     """The caption a training picture gets: "" (for CFG) or some of its attributes, some of them wrong."""
     if rng.random() < cfg.uncond_fraction:
         return ""
+    if "relation" in scene:
+        return pair_caption(rng, scene, caption_noise)
     with_size = rng.random() < cfg.keep_size_word
     with_position = rng.random() < cfg.keep_position_words
     named = {"colour": list(world.COLOURS), "shape": list(world.SHAPES),
@@ -180,10 +209,34 @@ def random_caption(rng: random.Random, scene: dict, cfg: TrainConfig, caption_no
                             said["position"] if with_position else None)
 
 
+def pair_caption(rng: random.Random, scene: dict, caption_noise: float) -> str:
+    """A two-shape scene's caption: either way round ("A left of B" or "B right of A"), each colour and shape word
+    wrong with probability ``caption_noise``, never naming a held-out pair."""
+    first, second, relation = scene["first"], scene["second"], scene["relation"]
+    if rng.random() < 0.5:  # the same picture, said the other way round
+        first, second, relation = second, first, CONVERSE[relation]
+    while True:
+        objects = []
+        for shape in (first, second):
+            colour, kind = shape["colour"], shape["shape"]
+            if rng.random() < caption_noise:
+                colour = rng.choice([c for c in world.COLOURS if c != colour])
+            if rng.random() < caption_noise:
+                kind = rng.choice([k for k in world.SHAPES if k != kind])
+            objects.append((colour, kind))
+        if objects[0] != objects[1] and not world.is_held_out_pair(*objects):
+            return world.pair_caption(objects[0], relation, objects[1])
+
+
+def build_networks(cfg: TrainConfig, tokenizer, device: torch.device):
+    """A fresh U-Net and text encoder of the configuration's sizes."""
+    unet = toy_model.build_unet(cfg.image_size, cfg.unet_channels, cfg.unet_attention).to(device)
+    return unet, toy_model.build_text_encoder(len(tokenizer), cfg.max_tokens).to(device)
+
+
 def train_unet(cfg: TrainConfig, data: dict, tokenizer, workdir: Path, device: torch.device, resume: bool):
-    unet = toy_model.build_unet().to(device)
-    text_encoder = toy_model.build_text_encoder(len(tokenizer)).to(device)
-    ema = {"unet": toy_model.build_unet().to(device), "text_encoder": toy_model.build_text_encoder(len(tokenizer)).to(device)}
+    unet, text_encoder = build_networks(cfg, tokenizer, device)
+    ema = dict(zip(("unet", "text_encoder"), build_networks(cfg, tokenizer, device), strict=True))
     for name, model in (("unet", unet), ("text_encoder", text_encoder)):
         ema[name].load_state_dict(model.state_dict())
         ema[name].requires_grad_(False)
@@ -276,7 +329,8 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor:
     )
     # Shards of at most 8 MB: a Hugging Face Space stores files under 10 MB without Git LFS.
     pipe.save_pretrained(out, safe_serialization=True, max_shard_size="8MB")
-    (out / RECOMMENDED_FILE).write_text(json.dumps({**cfg.recommended, "training": info}, indent=2) + "\n")
+    recommended = {**cfg.recommended, "height": cfg.image_size, "width": cfg.image_size}
+    (out / RECOMMENDED_FILE).write_text(json.dumps({**recommended, "training": info}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     vae = train_vae(cfg, args.workdir, device, args.resume)
     data = encode_dataset(cfg, vae, args.workdir, device, args.resume)
-    tokenizer = toy_model.build_tokenizer()
+    words = world.PAIR_VOCABULARY if cfg.pair_fraction else world.VOCABULARY
+    tokenizer = toy_model.build_tokenizer(words, max_length=cfg.max_tokens)
     unet, text_encoder = train_unet(cfg, data, tokenizer, args.workdir, device, args.resume)
     info = {"preset": args.preset, "device": str(device), "seconds": round(time.time() - t0, 1),
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "recommended"}}
