@@ -9,11 +9,28 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
-from sdviz.toy import evaluate, world
-from sdviz.toy.evaluate import Judgement, Prompt, accuracy, held_out_prompts, write_markdown
-from sdviz.toy.judge import judge
+from sdviz.pipeline.capture import AttentionMaps
+from sdviz.pipeline.models import load_model
+from sdviz.toy import evaluate, train, world
+from sdviz.toy.evaluate import (
+    Judgement,
+    PairJudgement,
+    PairPrompt,
+    Prompt,
+    accuracy,
+    attention_on_own_shape,
+    generate_and_judge_pairs,
+    held_out_prompts,
+    knows_pairs,
+    pair_accuracy,
+    pair_prompts,
+    write_markdown,
+)
+from sdviz.toy.judge import judge, judge_pair
 
 
 def drawn_judgement(prompt: Prompt, **drawn) -> Judgement:
@@ -109,3 +126,50 @@ def test_guidance_is_chosen_on_prompts_the_evaluation_never_asks():
     assert not combos & set(world.HELD_OUT)
     assert {p.size for p in prompts} == set(evaluate.SIZE_WORDS)
     assert not set(choose.SEEDS) & set(range(evaluate.DEFAULT_SEEDS))
+
+
+# --- Two-shape prompts --------------------------------------------------------------------------------------------
+
+def pair_picture(first, second, relation="left"):
+    layout = {"left": ((0.3, 0.5), (0.7, 0.5)), "above": ((0.5, 0.3), (0.5, 0.7))}[relation]
+    scene = world.PairScene(world.Shape(*first, *layout[0], 0.12), world.Shape(*second, *layout[1], 0.12), relation,
+                            (240, 240, 240))
+    image = world.draw_scene(scene, 128)
+    return image, judge_pair(image)
+
+
+def test_pair_accuracy_counts_shapes_over_all_pictures_and_relations_where_both_are_found():
+    asked = PairPrompt(("red", "circle"), "left", ("blue", "square"))
+    right_image, right = pair_picture(("red", "circle"), ("blue", "square"))
+    swapped_image, swapped = pair_picture(("blue", "square"), ("red", "circle"))  # right shapes, wrong relation
+    blank = world.draw(world.random_scene(random.Random(0)), 128)
+    judgements = [PairJudgement(asked, 0, 2.0, right, right_image), PairJudgement(asked, 1, 2.0, swapped, swapped_image),
+                  PairJudgement(asked, 2, 2.0, judge_pair(blank), blank)]
+    acc = pair_accuracy(judgements)
+    assert acc["found"] == pytest.approx(2 / 3) and acc["shapes"] == pytest.approx(2 / 3)
+    assert acc["relation"] == 0.5 and acc["n"] == 3 and acc["attention_words"] is None
+
+
+def test_attention_on_its_own_shape_reads_the_judges_masks():
+    asked = PairPrompt(("red", "circle"), "left", ("blue", "square"))
+    _, verdict = pair_picture(("red", "circle"), ("blue", "square"))
+    labels = ["<start>", "a", "red", "circle", "to", "the", "left", "of", "a", "blue", "square", "<end>"]
+    maps = np.full((1, len(labels), 16, 16), 0.01, dtype=np.float32)
+    maps[0, labels.index("red"), :, :8] = 1.0  # "red" attends to the left half: its own shape
+    maps[0, labels.index("blue"), :, :8] = 1.0  # "blue" too: the other shape's
+    attention = AttentionMaps(labels=labels, groups=[[i] for i in range(len(labels))], per_step=maps,
+                              timesteps=[999.0], layers=["l"], heads={"l": 1})
+    assert attention_on_own_shape(attention, asked, verdict) == {"red": True, "blue": False}
+    other = PairPrompt(("green", "circle"), "left", ("blue", "square"))  # the picture does not show it
+    assert attention_on_own_shape(attention, other, verdict) is None
+
+
+def test_a_model_trained_on_pairs_is_evaluated_on_them_with_attention(tmp_path):
+    train.main(["--preset", "v3-micro", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
+                "--threads", "1", "--device", "cpu"])
+    model = load_model(tmp_path / "m", device="cpu")
+    assert knows_pairs(model)
+    prompts = pair_prompts(quick=True)
+    assert len(prompts) == 4 and all(p.relation in ("and", "left") for p in prompts)
+    judgements = generate_and_judge_pairs(model, prompts[:1], [0], 2.0, 2, with_attention=True)
+    assert judgements[0].image.size == (128, 128)  # an untrained model: nothing to find, but it runs end to end

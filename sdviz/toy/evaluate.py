@@ -8,8 +8,12 @@ What it measures, in order:
    not one clear shape (blank, mush, several blobs) counts as wrong on every attribute.
 2. **Guidance.** The same prompts and seeds at guidance 1 (no CFG), 2, 4, 7.5 and 12 (and the
    recommended scale): the classroom version of the classifier-free-guidance trade-off.
-3. **The VAE.** Reconstruction PSNR on fresh toy pictures: how much the latent space loses.
-4. **Speed.** Median time of a default generation, and of loading the model.
+3. **Two-shape prompts** (a model trained on two-shape scenes): object pairs never seen together in training
+   (``world.PAIR_HELD_OUT``) in every relation. Per picture: both shapes found, both right (colour and shape),
+   and the relation right where both are found; and the **attention figure**: in how many pictures each colour
+   word's cross-attention falls mostly on its own shape rather than the other (the judge's masks).
+4. **The VAE.** Reconstruction PSNR on fresh toy pictures: how much the latent space loses.
+5. **Speed.** Median time of a default generation, and of loading the model.
 
 Every picture comes from :func:`sdviz.pipeline.sampler.generate`, the same loop the app and the CLI use.
 """
@@ -37,11 +41,12 @@ from tqdm import tqdm
 
 from sdviz.errors import SdvizError
 from sdviz.pipeline import models, vae
+from sdviz.pipeline.capture import AttentionMaps, capture_run
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.schedulers import scheduler_name
 from sdviz.pipeline.settings import RunSettings
 from sdviz.toy import world
-from sdviz.toy.judge import Verdict, judge
+from sdviz.toy.judge import PairVerdict, Verdict, judge, judge_pair
 
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5, 12.0)
 SIZE_WORDS = (None, "small", "big")  # the caption forms: no size word, then each size
@@ -123,6 +128,100 @@ def accuracy(judgements: list[Judgement]) -> dict[str, float | int | None]:
     return result
 
 
+# -- two-shape prompts ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairPrompt:
+    """A held-out object pair in one relation: the caption's first (colour, shape), relation, second."""
+
+    first: tuple[str, str]
+    relation: str
+    second: tuple[str, str]
+
+    @property
+    def text(self) -> str:
+        return world.pair_caption(self.first, self.relation, self.second)
+
+
+@dataclass(frozen=True)
+class PairJudgement:
+    prompt: PairPrompt
+    seed: int
+    guidance_scale: float
+    verdict: PairVerdict
+    image: Image.Image
+    attention: dict[str, bool] | None = None  # per colour word: is its attention mostly on its own shape?
+
+    @property
+    def correct(self) -> dict[str, bool]:
+        return self.verdict.agrees(self.prompt.first, self.prompt.second, self.prompt.relation)
+
+    def record(self) -> dict:
+        return {"prompt": self.prompt.text, "seed": self.seed, "guidance_scale": self.guidance_scale,
+                "correct": self.correct, "found": self.verdict.found, "problems": list(self.verdict.problems),
+                "attention": self.attention}
+
+
+def knows_pairs(model) -> bool:
+    """Whether the model's tokenizer reads every two-shape caption word as one token (a model trained on pairs)."""
+    words = set(world.PAIR_VOCABULARY) - set(world.VOCABULARY)
+    return all(len(model.tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in words)
+
+
+def pair_prompts(quick: bool = False) -> list[PairPrompt]:
+    """Every held-out pair in every relation (--quick: two pairs, two relations)."""
+    pairs = world.PAIR_HELD_OUT[:2] if quick else world.PAIR_HELD_OUT
+    relations = ("and", "left") if quick else tuple(world.RELATIONS)
+    return [PairPrompt(a, r, b) for r in relations for a, b in pairs]
+
+
+def attention_on_own_shape(maps: AttentionMaps, prompt: PairPrompt, verdict: PairVerdict) -> dict[str, bool] | None:
+    """For each colour word: does more of its cross-attention (over the whole run) fall on its own shape than on
+    the other? None when the picture does not show the two shapes asked for."""
+    if not verdict.found or not verdict.agrees(prompt.first, prompt.second, "and")["shapes"]:
+        return None
+    i, j = verdict.assign(prompt.first, prompt.second)
+    result = {}
+    for colour, own, other in ((prompt.first[0], i, j), (prompt.second[0], j, i)):
+        heat = Image.fromarray(maps.overall[maps.labels.index(colour)].astype(np.float32))  # [h, w], latent grid
+        heat = np.asarray(heat.resize(verdict.masks[own].shape[::-1], Image.Resampling.BILINEAR))
+        result[colour] = float((heat * verdict.masks[own]).sum()) > float((heat * verdict.masks[other]).sum())
+    return result
+
+
+def generate_and_judge_pairs(model, prompts: list[PairPrompt], seeds: list[int], guidance_scale: float, steps: int,
+                             with_attention: bool = False, bar: tqdm | None = None) -> list[PairJudgement]:
+    judgements = []
+    for prompt in prompts:
+        for seed in seeds:
+            settings = RunSettings(prompt=prompt.text, steps=steps, guidance_scale=guidance_scale, seed=seed)
+            if with_attention:  # the same picture: capture changes nothing (tests/test_attention.py)
+                trace, maps = capture_run(model, settings)
+            else:
+                trace, maps = generate(model, settings), None
+            verdict = judge_pair(trace.image)
+            attention = attention_on_own_shape(maps, prompt, verdict) if maps is not None else None
+            judgements.append(PairJudgement(prompt, seed, guidance_scale, verdict, trace.image, attention))
+            if bar is not None:
+                bar.update(1)
+    return judgements
+
+
+def pair_accuracy(judgements: list[PairJudgement]) -> dict[str, float | int | None]:
+    """Both shapes found; both right; relation right where both are found; attention on its own shape."""
+    found = [j for j in judgements if j.verdict.found]
+    spatial = [j for j in found if j.prompt.relation != "and"]
+    attended = [j.attention for j in judgements if j.attention is not None]
+    return {
+        "found": float(np.mean([j.verdict.found for j in judgements])) if judgements else None,
+        "shapes": float(np.mean([j.correct["shapes"] for j in judgements])) if judgements else None,
+        "relation": float(np.mean([j.correct["relation"] for j in spatial])) if spatial else None,
+        "attention_words": float(np.mean([ok for a in attended for ok in a.values()])) if attended else None,
+        "attention_both": float(np.mean([all(a.values()) for a in attended])) if attended else None,
+        "attention_pictures": len(attended),
+        "n": len(judgements),
+    }
+
+
 def seed_spread(judgements: list[Judgement]) -> dict[str, list[float]]:
     """Each attribute's lowest and highest accuracy over the seeds, each seed's pictures taken on their own.
 
@@ -134,13 +233,15 @@ def seed_spread(judgements: list[Judgement]) -> dict[str, list[float]]:
             for a in (*ATTRIBUTES, "all") if all(r[a] is not None for r in by_seed)}
 
 
-def vae_psnr(model, n: int = PSNR_PICTURES, seed: int = PSNR_SEED) -> dict:
-    """Encode and decode ``n`` fresh toy pictures; PSNR (dB) of the 8-bit result against the original."""
+def vae_psnr(model, n: int = PSNR_PICTURES, seed: int = PSNR_SEED, pair_fraction: float = 0.0) -> dict:
+    """Encode and decode ``n`` fresh toy pictures (``pair_fraction`` of them two-shape scenes); PSNR (dB) of the
+    8-bit result against the original."""
     rng = random.Random(seed)
     side = model.recommended.width
     scores = []
     for _ in range(n):
-        picture = world.draw(world.random_scene(rng), size=side)
+        scene = world.random_pair_scene(rng) if pair_fraction and rng.random() < pair_fraction else world.random_scene(rng)
+        picture = world.draw_scene(scene, size=side)
         latents = vae.encode(model, picture, generator=None)  # the posterior's mean, no sampling noise
         decoded = vae.decode_to_pil(model, latents)
         error = np.mean((np.asarray(decoded, dtype=np.float64) - np.asarray(picture, dtype=np.float64)) ** 2)
@@ -304,6 +405,8 @@ def markdown_report(results: dict, folder: Path = Path("docs")) -> str:
         g = f"{row['guidance_scale']:g}" + (" (recommended)" if row["guidance_scale"] == rec["guidance_scale"] else "")
         lines.append(f"| {g} | {_percent(row['colour'])} | {_percent(row['shape'])} | {_percent(row['position'])} | "
                      f"{_percent(row['size'])} | {_percent(row['all'])} | {_percent(row['clean'])} |")
+    if results.get("pairs"):
+        lines += pair_report(results["pairs"], results["settings"]["guidance_scale"], len(results["seeds"]))
     psnr, gen, load = results["vae_psnr"], results["speed"]["generation"], results["speed"]["load"]
     lines += [
         "",
@@ -324,6 +427,30 @@ def markdown_report(results: dict, folder: Path = Path("docs")) -> str:
         link = Path(os.path.relpath(Path(name).resolve(), folder.resolve())).as_posix()
         lines += ["", f"![{Path(name).stem}]({link})"]
     return "\n".join(lines) + "\n"
+
+
+def pair_report(pairs: dict, recommended: float, n_seeds: int) -> list[str]:
+    """The two-shape tables: at the recommended guidance (with the attention figure) and against guidance."""
+    acc = pairs["recommended"]
+    lines = [
+        "",
+        f"**Two-shape prompts** ({pairs['prompts']} held-out pairs and relations x {n_seeds} seeds = {acc['n']} "
+        f"pictures per scale), at the recommended guidance ({recommended:g}):",
+        "",
+        "| both shapes found | both shapes right (colour and shape) | relation right (where both found) | "
+        "each colour word's attention mostly on its own shape | both colour words |",
+        "|---|---|---|---|---|",
+        f"| {_percent(acc['found'])} | {_percent(acc['shapes'])} | {_percent(acc['relation'])} | "
+        f"{_percent(acc['attention_words'])} | {_percent(acc['attention_both'])} (of {acc['attention_pictures']} "
+        "pictures showing both shapes right) |",
+        "",
+        "| guidance | found | both right | relation |",
+        "|---|---|---|---|",
+    ]
+    for row in pairs["guidance"]:
+        g = f"{row['guidance_scale']:g}" + (" (recommended)" if row["guidance_scale"] == recommended else "")
+        lines.append(f"| {g} | {_percent(row['found'])} | {_percent(row['shapes'])} | {_percent(row['relation'])} |")
+    return lines
 
 
 def write_markdown(path: Path, section: str) -> None:
@@ -351,6 +478,11 @@ def _print_summary(results: dict) -> None:
     print(f"  {'guidance':>8s} " + " ".join(f"{k:>8s}" for k in (*ATTRIBUTES, "all", "clean")))
     for row in results["guidance"]:
         print(f"  {row['guidance_scale']:8g} " + " ".join(f"{_percent(row[k]):>8s}" for k in (*ATTRIBUTES, "all", "clean")))
+    if results.get("pairs"):
+        pairs = results["pairs"]["recommended"]
+        print(f"\ntwo-shape prompts ({pairs['n']} pictures): found {_percent(pairs['found'])}, both right "
+              f"{_percent(pairs['shapes'])}, relation {_percent(pairs['relation'])}, attention on its own shape "
+              f"{_percent(pairs['attention_words'])} of colour words")
     psnr, gen, load = results["vae_psnr"], results["speed"]["generation"], results["speed"]["load"]
     print(f"\nVAE reconstruction PSNR: {psnr['mean_db']:.1f} dB mean, {psnr['min_db']:.1f} dB worst "
           f"({psnr['pictures']} fresh pictures)")
@@ -391,8 +523,18 @@ def main(argv: list[str] | None = None) -> dict:
         for g in [rec.guidance_scale] + [g for g in scales if g != rec.guidance_scale]:
             by_scale[g] = generate_and_judge(model, prompts, seeds, g, steps, bar)
 
+    pairs = None
+    if knows_pairs(model):
+        two = pair_prompts(args.quick)
+        pair_scales: dict[float, list[PairJudgement]] = {}
+        with tqdm(total=len(scales) * len(two) * len(seeds), desc="two shapes", unit="picture", file=sys.stderr) as bar:
+            for g in scales:  # attention captured at the recommended scale only
+                pair_scales[g] = generate_and_judge_pairs(model, two, seeds, g, steps, g == rec.guidance_scale, bar)
+        pairs = {"prompts": len(two), "recommended": pair_accuracy(pair_scales[rec.guidance_scale]),
+                 "guidance": [{"guidance_scale": g, **pair_accuracy(pair_scales[g])} for g in scales]}
+
     print("measuring the VAE and the speed ...", file=sys.stderr)
-    psnr = vae_psnr(model, n=20 if args.quick else PSNR_PICTURES)
+    psnr = vae_psnr(model, n=20 if args.quick else PSNR_PICTURES, pair_fraction=0.5 if pairs is not None else 0.0)
     generation = generation_seconds(model, steps, rec.guidance_scale, runs=3 if args.quick else 10)
     load = load_seconds(model.name, model.device, runs=1 if args.quick else 3)
     model = models.load_model(args.model, device=args.device)  # timing the loads replaced the cached model
@@ -411,6 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
         "recommended": accuracy(by_scale[rec.guidance_scale]),
         "recommended_seed_spread": seed_spread(by_scale[rec.guidance_scale]),
         "guidance": [{"guidance_scale": g, **accuracy(by_scale[g])} for g in scales],
+        "pairs": pairs,
         "vae_psnr": psnr,
         "speed": {"generation": generation, "load": load},
         "images": [],
@@ -425,6 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         details = [j.record() for js in by_scale.values() for j in js]
+        if pairs is not None:
+            details += [j.record() for js in pair_scales.values() for j in js]
         args.out.write_text(json.dumps({**results, "pictures": details}, indent=1) + "\n")
         print(f"wrote {args.out}")
     if args.markdown is not None:
