@@ -25,7 +25,8 @@ RECOMMENDED_FILE = "sdviz_recommended.json"  # steps, guidance and size the mode
 KNOWN_HUB_MODELS: dict[str, dict] = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": {"steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512},
     "stabilityai/stable-diffusion-2-1-base": {"steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512},
-    "stabilityai/sd-turbo": {"steps": 1, "guidance_scale": 0.0, "height": 512, "width": 512, "strength": 0.5},
+    "stabilityai/sd-turbo": {"steps": 1, "guidance_scale": 0.0, "height": 512, "width": 512, "strength": 0.5,
+                             "img2img_steps": 2},
 }
 
 
@@ -36,6 +37,19 @@ class Recommended:
     height: int
     width: int
     strength: float = 0.8
+    img2img_steps: int | None = None  # None: ``steps``, raised until steps x strength runs at least one step
+
+    def __post_init__(self):
+        # Image to image runs only the last ``strength`` share of the schedule: int(steps * strength) steps. For
+        # sd-turbo (1 step, strength 0.5) that is none, so its image-to-image default is 2 steps, as diffusers'
+        # docs recommend for it.
+        steps = self.img2img_steps or self.steps
+        while self.strength > 0 and int(steps * self.strength) < 1:
+            steps += 1
+        object.__setattr__(self, "img2img_steps", steps)
+
+    def steps_for(self, img2img: bool) -> int:
+        return self.img2img_steps if img2img else self.steps
 
 
 @dataclass
@@ -184,11 +198,28 @@ def _load(name: str, device: torch.device, dtype: torch.dtype) -> Model:
                  dtype=dtype)
 
 
+# A few-step distilled model (sd-turbo, adversarial diffusion distillation) ships a scheduler that visits the last
+# timestep first ("trailing" spacing); checkpoints trained for 20-50 steps use "leading" or "linspace".
+TURBO_LIKE = {"steps": 1, "guidance_scale": 0.0, "strength": 0.5}
+
+
+def is_turbo_like(scheduler) -> bool:
+    """Whether a model's scheduler is that of a few-step distilled model like sd-turbo: an Euler-type scheduler
+    with trailing timestep spacing (sd-turbo's own), so a local copy gets the same settings as the hub id."""
+    euler = type(scheduler).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
+    return euler and scheduler.config.get("timestep_spacing") == "trailing"
+
+
 def _recommended(name: str, path: Path | None, pipe) -> Recommended:
+    """The settings a model works best with, the first that says: the folder's ``sdviz_recommended.json``, what
+    its scheduler config implies (turbo-like: 1 step, no guidance), the model card of a known hub id, defaults."""
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     values = {"steps": 50, "guidance_scale": 7.5, "height": side, "width": side}
     values.update(KNOWN_HUB_MODELS.get(name, {}))
+    if is_turbo_like(pipe.scheduler):
+        values.update(TURBO_LIKE)
     if path is not None and (path / RECOMMENDED_FILE).exists():
         saved = json.loads((path / RECOMMENDED_FILE).read_text())
-        values.update({k: saved[k] for k in ("steps", "guidance_scale", "height", "width", "strength") if k in saved})
+        keys = ("steps", "guidance_scale", "height", "width", "strength", "img2img_steps")
+        values.update({k: saved[k] for k in keys if k in saved})
     return Recommended(**values)

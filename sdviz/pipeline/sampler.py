@@ -27,7 +27,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from sdviz.pipeline import vae
-from sdviz.pipeline.schedulers import current_sigma, make_scheduler, scheduler_name, scheduler_x0, x0_from_noise
+from sdviz.pipeline.schedulers import (
+    check_steps,
+    current_sigma,
+    make_scheduler,
+    scheduler_name,
+    scheduler_x0,
+    x0_from_noise,
+)
 from sdviz.pipeline.settings import RunSettings, check_settings, load_init_image
 from sdviz.pipeline.text import encode_prompt
 from sdviz.pipeline.trace import StepRecord, Trace, environment, keep
@@ -52,6 +59,7 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
 
     # 2. Timesteps, on a scheduler of this run's own (schedulers count steps internally).
     scheduler = make_scheduler(model, settings.scheduler)
+    check_steps(scheduler, settings.steps)
     scheduler.set_timesteps(settings.steps, device=model.device)
     timesteps = scheduler.timesteps
     generator = torch.Generator("cpu").manual_seed(settings.seed)  # CPU noise: same picture on any device

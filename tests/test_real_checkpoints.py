@@ -1,0 +1,150 @@
+"""What real checkpoints need beyond the embedded model: SD 2.x / sd-turbo-like settings (v-prediction, trailing
+timesteps, 1 step, no guidance), honest PNDM, recommended settings that travel with the model folder. The oracle is
+diffusers' own pipelines built from the same parts, as in tests/test_sampler.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
+from PIL import Image
+
+from sdviz.cli import main
+from sdviz.errors import SdvizError
+from sdviz.pipeline import models
+from sdviz.pipeline.models import Recommended, load_model
+from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.schedulers import SCHEDULERS
+from sdviz.pipeline.settings import RunSettings
+from tests.conftest import build_tiny_pipeline
+from tests.test_sampler import PROMPT, max_pixel_difference, pipeline_image
+
+
+def turbo_like_scheduler(prediction_type: str = "epsilon") -> EulerDiscreteScheduler:
+    """sd-turbo's scheduler config (Euler, trailing spacing), with either prediction type (SD 2.1's is v)."""
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  timestep_spacing="trailing", steps_offset=1, prediction_type=prediction_type)
+
+
+def save_tiny(path, scheduler) -> str:
+    pipe = build_tiny_pipeline()
+    pipe.scheduler = scheduler
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def turbo_dir(request, tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp(f"turbo-{request.param}"), turbo_like_scheduler(request.param))
+
+
+@pytest.fixture(scope="module")
+def turbo(turbo_dir):
+    return load_model(turbo_dir, device="cpu")
+
+
+def diffusers_image(model, settings: RunSettings, init_image=None) -> Image.Image:
+    """diffusers' own pipeline on the same parts, its scheduler built as a diffusers user would: ``from_config`` of
+    the model's scheduler config (not sdviz's make_scheduler), so that sdviz's scheduler set-up is checked too."""
+    scheduler = model.pipe.scheduler
+    if settings.scheduler is not None:
+        scheduler = SCHEDULERS[settings.scheduler].from_config(scheduler.config)
+    kwargs = dict(num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  negative_prompt=settings.negative_prompt or None,
+                  generator=torch.Generator("cpu").manual_seed(settings.seed))
+    if init_image is None:
+        pipe = StableDiffusionPipeline(**{**model.pipe.components, "scheduler": scheduler})
+        return pipe(settings.prompt, height=settings.height, width=settings.width, **kwargs).images[0]
+    pipe = StableDiffusionImg2ImgPipeline(**{**model.pipe.components, "scheduler": scheduler})
+    return pipe(settings.prompt, image=init_image, strength=settings.strength, **kwargs).images[0]
+
+
+def random_picture(side: int = 32) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8))
+
+
+# --- Recommended settings travel with the model ---------------------------------------------------------------
+
+
+def test_a_local_turbo_like_folder_gets_sd_turbos_settings(turbo):
+    rec = turbo.recommended
+    assert (rec.steps, rec.guidance_scale, rec.strength) == (1, 0.0, 0.5)
+    assert rec.img2img_steps == 2 and int(rec.img2img_steps * rec.strength) == 1  # image to image runs a step
+
+
+def test_the_hub_table_and_the_folder_file_give_the_settings_too(tmp_path):
+    pipe = build_tiny_pipeline()  # a PNDM scheduler, leading spacing: not turbo-like
+    assert models._recommended("some/folder", None, pipe).steps == 50
+    turbo = models._recommended("stabilityai/sd-turbo", None, pipe)
+    assert (turbo.steps, turbo.guidance_scale, turbo.img2img_steps) == (1, 0.0, 2)
+    (tmp_path / models.RECOMMENDED_FILE).write_text(json.dumps({"steps": 4, "guidance_scale": 1.5}))
+    pipe.scheduler = turbo_like_scheduler()
+    saved = models._recommended("x", tmp_path, pipe)  # the folder's own file wins over what the scheduler implies
+    assert (saved.steps, saved.guidance_scale, saved.strength, saved.img2img_steps) == (4, 1.5, 0.5, 4)
+
+
+@pytest.mark.parametrize(("steps", "strength", "img2img_steps"), [(1, 0.5, 2), (1, 0.3, 4), (20, 0.8, 20),
+                                                                   (2, 0.25, 4), (1, 1.0, 1)])
+def test_image_to_image_defaults_always_run_a_step(steps, strength, img2img_steps):
+    rec = Recommended(steps, 7.5, 64, 64, strength=strength)
+    assert rec.img2img_steps == img2img_steps and int(rec.img2img_steps * strength) >= 1
+    assert rec.steps_for(img2img=False) == steps and rec.steps_for(img2img=True) == img2img_steps
+
+
+def test_cli_image_to_image_defaults_run_on_a_turbo_like_folder(turbo, turbo_dir, tmp_path):
+    start = tmp_path / "start.png"
+    random_picture().save(start)
+    out = tmp_path / "run"
+    assert main(["generate", "--prompt", PROMPT, "--model", turbo_dir, "--init-image", str(start),
+                 "--height", "32", "--width", "32", "--out", str(out)]) == 0
+    assert np.load(out / "trace.npz")["timesteps"].shape == (1,)  # int(2 x 0.5)
+    settings = RunSettings(prompt=PROMPT, steps=2, guidance_scale=0.0, strength=0.5, height=32, width=32)
+    expected = pipeline_image(turbo, settings, Image.open(out / "init.png"))
+    assert max_pixel_difference(Image.open(out / "final.png"), expected) <= 1
+
+
+# --- PNDM honours the model's config ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddim_model(tmp_path_factory):
+    """A model that ships DDIM (like SD 2.1): PNDM built from its config runs PRK warm-up steps in diffusers."""
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return load_model(save_tiny(tmp_path_factory.mktemp("ddim"), scheduler), device="cpu")
+
+
+@pytest.mark.parametrize("img2img", [False, True])
+def test_pndm_from_another_schedulers_config_equals_diffusers(ddim_model, img2img):
+    settings = RunSettings(prompt=PROMPT, steps=5, guidance_scale=6.0, seed=3, scheduler="pndm", height=32, width=32,
+                           strength=0.6)
+    trace = generate(ddim_model, settings, init_image=random_picture() if img2img else None)
+    # PRK: 5 steps plan 14 U-Net passes (3 Runge-Kutta steps of 4, then PLMS); image to image skips the first 2
+    assert len(trace.steps) == (12 if img2img else 14)
+    assert max_pixel_difference(trace.image, diffusers_image(ddim_model, settings, trace.init_image)) == 0
+
+
+def test_pndm_with_too_few_steps_for_prk_says_the_minimum(ddim_model):
+    with pytest.raises(SdvizError, match="at least 4 steps \\(got 3\\)"):
+        generate(ddim_model, RunSettings(prompt=PROMPT, steps=3, scheduler="pndm", height=32, width=32))
+
+
+def test_the_embedded_models_pndm_choice_runs_prk_at_its_recommended_steps():
+    """The embedded model ships DPM++, so its "pndm" choice runs PRK warm-up, as diffusers would."""
+    embedded = load_model("embedded", device="cpu")
+    rec = embedded.recommended
+    settings = RunSettings(prompt="a big red circle", steps=rec.steps, guidance_scale=rec.guidance_scale, seed=1,
+                           scheduler="pndm")
+    trace = generate(embedded, settings)
+    assert len(trace.steps) == rec.steps + 9  # PRK: 12 passes for the first 3 steps
+    assert max_pixel_difference(trace.image, diffusers_image(embedded, settings)) <= 1
+    with pytest.raises(SdvizError, match="at least 4 steps"):
+        generate(embedded, RunSettings(prompt="a big red circle", steps=2, scheduler="pndm"))
