@@ -22,7 +22,7 @@ from sdviz.errors import SdvizError
 from sdviz.pipeline import models
 from sdviz.pipeline.models import Recommended, load_model
 from sdviz.pipeline.sampler import generate
-from sdviz.pipeline.schedulers import SCHEDULERS
+from sdviz.pipeline.schedulers import SCHEDULERS, make_scheduler, x0_from_noise
 from sdviz.pipeline.settings import RunSettings
 from tests.conftest import build_tiny_pipeline
 from tests.test_sampler import PROMPT, max_pixel_difference, pipeline_image
@@ -148,3 +148,67 @@ def test_the_embedded_models_pndm_choice_runs_prk_at_its_recommended_steps():
     assert max_pixel_difference(trace.image, diffusers_image(embedded, settings)) <= 1
     with pytest.raises(SdvizError, match="at least 4 steps"):
         generate(embedded, RunSettings(prompt="a big red circle", steps=2, scheduler="pndm"))
+
+
+# --- SD 2.x / sd-turbo-like models: v-prediction, trailing timesteps, 1 step, no guidance ------------------------
+
+
+def test_one_step_without_guidance_equals_diffusers(turbo):
+    settings = RunSettings(prompt=PROMPT, steps=1, guidance_scale=0.0, seed=2, height=32, width=32)
+    trace = generate(turbo, settings)
+    assert not trace.guidance and len(trace.steps) == 1
+    assert trace.timesteps == [999.0]  # trailing spacing: the one step starts from pure noise
+    assert trace.steps[0].sigma == pytest.approx(float(turbo.pipe.scheduler.sigmas.max()), rel=1e-3)
+    assert max_pixel_difference(trace.image, diffusers_image(turbo, settings)) == 0
+
+
+def test_four_steps_with_guidance_equal_diffusers(turbo):
+    settings = RunSettings(prompt=PROMPT, negative_prompt="blue square", steps=4, guidance_scale=5.0, seed=4,
+                           height=32, width=32)
+    trace = generate(turbo, settings)
+    assert trace.guidance and trace.timesteps == [999.0, 749.0, 499.0, 249.0]  # trailing
+    assert max_pixel_difference(trace.image, diffusers_image(turbo, settings)) == 0
+
+
+def test_image_to_image_at_two_steps_and_strength_half_equals_diffusers(turbo):
+    settings = RunSettings(prompt=PROMPT, steps=2, guidance_scale=0.0, seed=5, height=32, width=32, strength=0.5)
+    trace = generate(turbo, settings, init_image=random_picture())
+    assert trace.timesteps == [499.0]
+    assert max_pixel_difference(trace.image, diffusers_image(turbo, settings, trace.init_image)) == 0
+
+
+@pytest.mark.parametrize("img2img", [False, True], ids=["txt2img", "img2img"])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_scheduler_equals_diffusers_for_both_prediction_types(turbo, scheduler, img2img):
+    settings = RunSettings(prompt=PROMPT, steps=4, guidance_scale=6.0, seed=3, scheduler=scheduler, height=32,
+                           width=32, strength=0.5)
+    trace = generate(turbo, settings, init_image=random_picture() if img2img else None)
+    assert max_pixel_difference(trace.image, diffusers_image(turbo, settings, trace.init_image)) <= 1
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_the_traces_x0_is_finite_and_the_schedulers_own(turbo, scheduler):
+    """The recorded x0 is the scheduler's own pred_original_sample where it has one; the formula sdviz uses for
+    the others (PNDM) gives the same on those, for both prediction types."""
+    prediction = turbo.scheduler_config.prediction_type
+    settings = RunSettings(prompt=PROMPT, steps=4, guidance_scale=5.0, seed=1, scheduler=scheduler, height=32, width=32)
+    trace = generate(turbo, settings)
+    assert all(torch.isfinite(s.pred_x0.float()).all() for s in trace.steps)
+    if scheduler == "pndm":
+        return
+    oracle = make_scheduler(turbo, scheduler)  # with the two fixes StableDiffusionPipeline makes (clip_sample off)
+    assert oracle.config.prediction_type == prediction
+    oracle.set_timesteps(4)
+    generator = torch.Generator().manual_seed(1)
+    for s in trace.steps:
+        t = oracle.timesteps[s.index]
+        kwargs = {"generator": generator} if scheduler == "euler_a" else {}
+        if hasattr(oracle, "scale_model_input"):
+            oracle.scale_model_input(s.latents.float()[None], t)  # Euler counts its step here
+        own = getattr(oracle.step(s.noise_guided.float()[None], t, s.latents.float()[None], **kwargs),
+                      "pred_original_sample", None)
+        if own is None:  # DPM-Solver++ keeps its x0 as its latest model output
+            own = oracle.model_outputs[-1]
+        torch.testing.assert_close(s.pred_x0.float(), own[0], atol=2e-2, rtol=1e-2)
+        ours = x0_from_noise(oracle, s.latents.float(), s.noise_guided.float(), t, s.sigma)
+        torch.testing.assert_close(ours, own[0], atol=5e-2, rtol=2e-2)
