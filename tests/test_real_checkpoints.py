@@ -212,3 +212,40 @@ def test_the_traces_x0_is_finite_and_the_schedulers_own(turbo, scheduler):
         torch.testing.assert_close(s.pred_x0.float(), own[0], atol=2e-2, rtol=1e-2)
         ours = x0_from_noise(oracle, s.latents.float(), s.noise_guided.float(), t, s.sigma)
         torch.testing.assert_close(ours, own[0], atol=5e-2, rtol=2e-2)
+
+
+# --- What the peek panel shows of x_t --------------------------------------------------------------------------
+
+
+def test_x_t_is_what_the_unet_saw_for_every_scheduler(tiny_model, monkeypatch):
+    """Euler-type latents are x0 + sigma * noise (spread up to ~14.6); the panel's pictures, numbers and decodes use
+    x_t in the variance-preserving form the U-Net sees (scale_model_input's output), as forward diffusion does."""
+    from sdviz.app import services
+    from sdviz.app.sessions import PanelRun
+    from sdviz.lessons import peek
+    from sdviz.pipeline import vae
+
+    seen = []
+    forward = tiny_model.unet.forward
+
+    def recording_forward(x, *args, **kwargs):
+        seen.append(x[:1].clone())
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.unet, "forward", recording_forward)
+    for scheduler in SCHEDULERS:
+        seen.clear()
+        trace = generate(tiny_model, RunSettings(prompt=PROMPT, steps=4, guidance_scale=5.0, scheduler=scheduler,
+                                                 height=32, width=32))
+        for record, model_input in zip(trace.steps, seen, strict=True):
+            torch.testing.assert_close(record.x_t.float(), model_input[0], atol=2e-3, rtol=2e-3)
+        first = trace.steps[0]
+        assert float(first.x_t.float().std()) == pytest.approx(1.0, abs=0.3)  # pure noise, variance preserving
+        if scheduler in ("euler", "euler_a"):
+            raw = float(first.latents.float().std())  # what was decoded and plotted before: sqrt(sigma^2 + 1)
+            assert raw > 2 and raw == pytest.approx((first.sigma**2 + 1) ** 0.5, rel=0.3)
+        assert peek.step_numbers(first, 4).latents_std == pytest.approx(float(first.x_t.float().std()))
+    run = PanelRun(model=tiny_model.name, expected_steps=4)
+    run.steps = list(trace.steps)
+    x_t, _ = services.step_decodes(tiny_model, run, 0)
+    assert max_pixel_difference(x_t, vae.decode_to_pil(tiny_model, first.x_t)) == 0

@@ -30,6 +30,7 @@ from sdviz.pipeline import vae
 from sdviz.pipeline.schedulers import (
     check_steps,
     current_sigma,
+    input_scale,
     make_scheduler,
     scheduler_name,
     scheduler_x0,
@@ -102,6 +103,7 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
         record = StepRecord(
             index=i, timestep=float(t), sigma=sigma, latents=keep(latents), noise_uncond=keep(noise_uncond),
             noise_text=keep(noise_text), noise_guided=keep(noise_pred), pred_x0=keep(pred_x0),
+            input_scale=input_scale(scheduler, sigma),
         )
         records.append(record)
         yield record

@@ -79,6 +79,21 @@ def is_sigma_space(scheduler) -> bool:
     return isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler))
 
 
+def input_scale(scheduler, sigma: float) -> float:
+    """What ``scale_model_input`` multiplies the latents by before the U-Net sees them.
+
+    Euler-type schedulers keep x_t as x0 + sigma * noise (sigma up to about 14.6 for SD): dividing by
+    sqrt(sigma^2 + 1) gives the variance-preserving sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise, which the
+    other schedulers keep as it is (scale 1). Pictures and decodes of x_t use that form, for every scheduler.
+    """
+    return 1 / (sigma**2 + 1) ** 0.5 if is_sigma_space(scheduler) else 1.0
+
+
+def variance_preserving(scheduler, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x_t as the U-Net sees it (see :func:`input_scale`)."""
+    return latents * input_scale(scheduler, sigma)
+
+
 def current_sigma(scheduler, t) -> float:
     """The noise level sigma of timestep t (noise std relative to the signal), for any scheduler.
 
