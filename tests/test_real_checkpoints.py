@@ -5,6 +5,9 @@ diffusers' own pipelines built from the same parts, as in tests/test_sampler.py.
 from __future__ import annotations
 
 import json
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -249,3 +252,111 @@ def test_x_t_is_what_the_unet_saw_for_every_scheduler(tiny_model, monkeypatch):
     run.steps = list(trace.steps)
     x_t, _ = services.step_decodes(tiny_model, run, 0)
     assert max_pixel_difference(x_t, vae.decode_to_pil(tiny_model, first.x_t)) == 0
+
+
+# --- Threads: decided once per process ---------------------------------------------------------------------------
+
+
+def test_the_thread_count_is_decided_once_per_process_not_per_model(tiny_model, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(models, "_threads", None)
+    before = torch.get_num_threads()
+    try:
+        assert models.use_cpu_threads(tiny_model) == 1 == torch.get_num_threads()  # the first model: small, CPU
+        monkeypatch.setattr(models, "SMALL_UNET_PARAMETERS", 0)  # a later, big model (say SD 1.5) ...
+        assert models.cpu_threads(tiny_model) == models._DEFAULT_THREADS
+        assert models.use_cpu_threads(tiny_model) == 1 == torch.get_num_threads()  # ... changes nothing
+        torch.set_num_threads(2)  # someone else changed it (the CLI's main restores its caller's count)
+        assert models.use_cpu_threads(tiny_model) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- The model cache: a bounded LRU; load failures in plain words ------------------------------------------------
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """An empty model cache, and loads that cost nothing: (name, device, dtype) -> a fake model, counted."""
+    monkeypatch.setattr(models, "_cache", models.OrderedDict())
+    loads = []
+
+    def fake_load(name, device, dtype):
+        loads.append(name)
+        time.sleep(0.05)  # long enough for racing threads to meet
+        return types.SimpleNamespace(name=name)
+
+    monkeypatch.setattr(models, "_load", fake_load)
+    return loads
+
+
+def test_the_model_cache_keeps_the_most_recently_used_models(fresh_cache, monkeypatch):
+    monkeypatch.delenv(models.MAX_MODELS_ENV, raising=False)
+    a = load_model("a/a", device="cpu")
+    load_model("b/b", device="cpu")
+    assert load_model("a/a", device="cpu") is a  # from memory; now b is the least recently used
+    load_model("c/c", device="cpu")
+    assert [key[0] for key in models._cache] == ["a/a", "c/c"]  # the default: 2 models
+    load_model("b/b", device="cpu")
+    assert fresh_cache == ["a/a", "b/b", "c/c", "b/b"] and [key[0] for key in models._cache] == ["c/c", "b/b"]
+    monkeypatch.setenv(models.MAX_MODELS_ENV, "1")
+    load_model("a/a", device="cpu")
+    assert [key[0] for key in models._cache] == ["a/a"]
+    monkeypatch.setenv(models.MAX_MODELS_ENV, "none")
+    with pytest.raises(SdvizError, match="SDVIZ_MAX_MODELS must be a whole number of 1 or more"):
+        load_model("z/z", device="cpu")
+
+
+def test_simultaneous_loads_of_one_model_load_it_once(fresh_cache, monkeypatch):
+    monkeypatch.setenv(models.MAX_MODELS_ENV, "3")
+    names = ["a/a"] * 6 + ["b/b"] * 3
+    with ThreadPoolExecutor(len(names)) as pool:
+        loaded = list(pool.map(lambda n: load_model(n, device="cpu"), names))
+    assert sorted(fresh_cache) == ["a/a", "b/b"]
+    assert len({id(m) for m in loaded[:6]}) == 1 and len({id(m) for m in loaded[6:]}) == 1
+
+
+def failing_load(monkeypatch, err: Exception):
+    monkeypatch.setattr(models, "_cache", models.OrderedDict())
+
+    def from_pretrained(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
+
+
+def test_out_of_memory_while_loading_says_so(monkeypatch, tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    failing_load(monkeypatch, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    with pytest.raises(SdvizError) as caught:
+        load_model("stabilityai/sd-turbo", device="cuda")
+    message = str(caught.value)
+    assert message.startswith("Not enough GPU memory to load the Stable Diffusion model 'stabilityai/sd-turbo'")
+    assert "SDVIZ_MAX_MODELS" in message and "network" not in message
+    with pytest.raises(SdvizError, match="^Not enough memory to load"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_an_offline_hub_id_says_it_needs_internet_in_one_sentence(monkeypatch):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        try:
+            raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled.")
+        except OfflineModeIsEnabled as cause:
+            raise OSError("Cannot load model x/y: the model is not fully cached locally and an error occurred while "
+                          "trying to fetch metadata from the Hub. Please check out the root cause in the stacktrace "
+                          "above.") from cause
+    except OSError as err:
+        failing_load(monkeypatch, err)
+    with pytest.raises(SdvizError) as caught:
+        load_model("x/y", device="cpu")
+    message = str(caught.value)
+    assert message == ("Could not load the Stable Diffusion model 'x/y': it is not on this machine, and it needs "
+                       "internet to download from the Hugging Face Hub (this machine is offline, or HF_HUB_OFFLINE "
+                       "is set).")
+    failing_load(monkeypatch, OSError("x/y is not a valid model. Please check out the root cause in the stacktrace "
+                                      "above."))
+    with pytest.raises(SdvizError) as caught:
+        load_model("x/y", device="cpu")
+    assert "stacktrace" not in str(caught.value) and "x/y is not a valid model" in str(caught.value)
