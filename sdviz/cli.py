@@ -54,7 +54,7 @@ def generate_command(args: argparse.Namespace) -> Path:
     settings = RunSettings(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        steps=args.steps if args.steps is not None else rec.steps,
+        steps=args.steps if args.steps is not None else rec.steps_for(img2img=args.init_image is not None),
         guidance_scale=args.guidance_scale if args.guidance_scale is not None else rec.guidance_scale,
         seed=args.seed,
         scheduler=args.scheduler,

@@ -102,15 +102,18 @@ def test_hub_id_that_cannot_be_fetched_gives_a_clear_error():
         load_model("nobody/no-such-model")
 
 
-def test_pndm_on_a_model_without_prk_setting_runs_few_steps(tiny_model_dir, tmp_path):
-    """PNDM built from another scheduler's config skips PRK warm-up, as SD ships it (else < 4 steps crash)."""
+def test_pndm_on_a_model_without_prk_setting_refuses_too_few_steps_plainly(tiny_model_dir, tmp_path):
+    """PNDM built from another scheduler's config runs PRK warm-up steps, as diffusers does; below 4 steps they
+    cannot be planned, and the message says so (diffusers' own is a numpy broadcasting error)."""
     from diffusers import DDIMScheduler
 
     model = load_model(tiny_model_dir)
     original = model.pipe.scheduler
-    model.pipe.scheduler = DDIMScheduler.from_config(original.config)
+    model.pipe.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # no PRK key
     try:
-        trace = generate(model, RunSettings(prompt="a", steps=2, scheduler="pndm", height=32, width=32))
+        with pytest.raises(SdvizError, match="Runge-Kutta warm-up steps .* need at least 4 steps \\(got 2\\)"):
+            generate(model, RunSettings(prompt="a", steps=2, scheduler="pndm", height=32, width=32))
+        trace = generate(model, RunSettings(prompt="a", steps=4, scheduler="pndm", height=32, width=32))
     finally:
         model.pipe.scheduler = original
-    assert trace.image.size == (32, 32)
+    assert trace.image.size == (32, 32) and len(trace.steps) == 13  # 4 steps: 3 x 4 PRK passes, then 1 PLMS

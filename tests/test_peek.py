@@ -150,7 +150,7 @@ def test_decodes_are_computed_once_and_match_the_vae(tiny_model, trace):
     first = services.step_decodes(tiny_model, run, 1)
     again = services.step_decodes(tiny_model, run, 1)
     assert all(a is b for a, b in zip(first, again, strict=True)) and len(run.decodes) == 2
-    expected = (vae.decode_to_pil(tiny_model, trace.steps[1].latents), vae.decode_to_pil(tiny_model, trace.steps[1].pred_x0))
+    expected = (vae.decode_to_pil(tiny_model, trace.steps[1].x_t), vae.decode_to_pil(tiny_model, trace.steps[1].pred_x0))
     for picture, wanted in zip(first, expected, strict=True):
         assert np.array_equal(np.asarray(picture), np.asarray(wanted))
 

@@ -12,6 +12,7 @@ GPU reservations and the launch settings come from :mod:`sdviz.app.hosting`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
@@ -111,7 +112,8 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
             strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
                               info="How much noise to add to it first: 1 = keep almost nothing",
                               elem_id="img2img-strength")
-            img = components.generate_controls(defaults, model, "img2img")
+            steps = model.recommended.img2img_steps if model is not None else defaults.steps  # >= 1 step runs
+            img = components.generate_controls(dataclasses.replace(defaults, steps=steps), model, "img2img")
             if components.image_examples():
                 gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
         with gr.Column(scale=2):

@@ -378,7 +378,7 @@ def choose_model(page: Page, name, current) -> dict:
     rec = model.recommended
     updates = {page.model_state: name, page.model_info: model_note(model), page.strength: gr.Slider(value=rec.strength)}
     for controls in (page.txt, page.img):
-        updates[controls.steps] = gr.Slider(value=rec.steps)
+        updates[controls.steps] = gr.Slider(value=rec.steps_for(img2img=controls is page.img))
         updates[controls.guidance_scale] = gr.Slider(value=rec.guidance_scale)
         updates[controls.scheduler] = gr.Dropdown(choices=scheduler_choices(model), value=DEFAULT_SCHEDULER)
     return updates

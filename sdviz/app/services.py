@@ -106,9 +106,9 @@ def step_decodes(model: Model, run: PanelRun, index: int) -> tuple[Image.Image, 
     made in a GPU worker each time (a worker cannot fill a store of this process)."""
     record = run.steps[index]
     if hosting.zero_gpu():
-        return decode_pair(model.name, record.latents, record.pred_x0)
+        return decode_pair(model.name, record.x_t, record.pred_x0)
     pictures = []
-    for kind, latents in (("x_t", record.latents), ("x0", record.pred_x0)):
+    for kind, latents in (("x_t", record.x_t), ("x0", record.pred_x0)):
         picture = run.decodes.get((index, kind))
         if picture is None:
             picture = vae.decode_to_pil(model, latents)

@@ -49,7 +49,8 @@ EXPLAIN_LATENTS = """**The latents x_t.** Stable Diffusion does not paint pixels
 grid with 4 numbers for every 8x8 block of pixels, **48x fewer numbers** than the picture (the VAE
 translates between the two). Each tile is one of the 4 channels (red = positive, blue = negative,
 white = 0). At the first step they are pure random noise; watch structure appear. The colour
-previews are a quick **approximation** (a straight linear guess from the 4 channels, no decoder)."""
+previews are a quick **approximation** (a straight linear guess from the 4 channels, no decoder).
+x_t is shown as the U-Net sees it: Euler-type schedulers keep x0 + σ·noise, divided here by √(σ²+1)."""
 
 EXPLAIN_NOISE = """**The noise predictor.** At every step the U-Net looks at x_t and guesses the noise in it,
 twice: once **without** the prompt (unconditional) and once **with** it (text). Their difference

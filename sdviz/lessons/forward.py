@@ -23,7 +23,7 @@ from PIL import Image
 from sdviz.errors import SdvizError
 from sdviz.lessons.latent_space import encode_picture, prepare_picture
 from sdviz.pipeline import vae
-from sdviz.pipeline.schedulers import current_sigma, make_scheduler
+from sdviz.pipeline.schedulers import current_sigma, make_scheduler, variance_preserving
 
 
 @dataclass
@@ -92,10 +92,11 @@ def add_noise(model, clean: torch.Tensor, t: int, seed: int = 0,
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = randn_tensor(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     noisy = s.add_noise(clean, noise, timestep)
-    # Euler-type schedulers keep x0 + sigma * noise; scale_model_input divides by sqrt(sigma^2 + 1),
-    # which gives the variance-preserving mix above, the same for every scheduler. (Identity for the rest.)
-    noisy = s.scale_model_input(noisy, timestep[0])
-    return noisy, int(round(float(timestep[0]))), current_sigma(s, timestep[0])
+    # Euler-type schedulers keep x0 + sigma * noise; as their scale_model_input does, divide by sqrt(sigma^2 + 1),
+    # which gives the variance-preserving mix above, the same for every scheduler (and as the peek panel shows x_t).
+    s.scale_model_input(noisy, timestep[0])  # only to set the step index that current_sigma reads
+    sigma = current_sigma(s, timestep[0])
+    return variance_preserving(s, noisy, sigma), int(round(float(timestep[0]))), sigma
 
 
 def schedule_figure(levels: ScheduleLevels, t: int | None = None) -> Figure:

@@ -170,10 +170,10 @@ def step_numbers(record: StepRecord, total: int) -> StepNumbers:
         total=total,
         timestep=record.timestep,
         sigma=record.sigma,
-        latents_std=float(record.latents.float().std()),
+        latents_std=float(record.x_t.float().std()),
         pred_x0_std=float(record.pred_x0.float().std()),
         noise_rms={kind: rms(t) for kind, t in noise_estimates(record).items()},
-        latents_scale=signed_scale(record.latents),
+        latents_scale=signed_scale(record.x_t),
         noise_scales=noise_scales(record),
     )
 
@@ -215,7 +215,7 @@ def schedule_figure(records: Sequence[StepRecord], current: int, total: int) -> 
     top.set_yscale("log")
     top.set_ylabel("noise level σ")
     top.set_title("The noise schedule: how much noise is left at each step", fontsize=10)
-    bottom.plot(steps, [float(r.latents.float().std()) for r in records], "o-", markersize=3, label="std of x_t")
+    bottom.plot(steps, [float(r.x_t.float().std()) for r in records], "o-", markersize=3, label="std of x_t")
     bottom.plot(steps, [float(r.pred_x0.float().std()) for r in records], "s-", markersize=3,
                 label="std of predicted x0")
     bottom.plot(steps, [rms(r.noise_guided) for r in records], "^-", markersize=3, label="RMS of guided noise")
@@ -240,7 +240,7 @@ def run_animation(rgb_map: RgbMap, trace: Trace, target: int = TILE, frame_ms: i
     ``len(trace.steps) + 1`` frames.
     """
     frames = [
-        _side_by_side(rgb_preview(rgb_map, r.latents, target), rgb_preview(rgb_map, r.pred_x0, target),
+        _side_by_side(rgb_preview(rgb_map, r.x_t, target), rgb_preview(rgb_map, r.pred_x0, target),
                       f"step {r.index + 1}/{len(trace.steps)}", ("x_t (approx.)", "x0 (approx.)"))
         for r in trace.steps
     ]
@@ -308,8 +308,8 @@ class PeekFrame:
 
 def peek_frame(rgb_map: RgbMap, record: StepRecord, total: int, target: int = TILE) -> PeekFrame:
     return PeekFrame(
-        latents=channel_grid(record.latents, target=target),
-        latents_rgb=rgb_preview(rgb_map, record.latents, target),
+        latents=channel_grid(record.x_t, target=target),
+        latents_rgb=rgb_preview(rgb_map, record.x_t, target),
         pred_x0_rgb=rgb_preview(rgb_map, record.pred_x0, target),
         noise=noise_pictures(record, target),
         numbers=step_numbers(record, total),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ RECOMMENDED_FILE = "sdviz_recommended.json"  # steps, guidance and size the mode
 KNOWN_HUB_MODELS: dict[str, dict] = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": {"steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512},
     "stabilityai/stable-diffusion-2-1-base": {"steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512},
-    "stabilityai/sd-turbo": {"steps": 1, "guidance_scale": 0.0, "height": 512, "width": 512, "strength": 0.5},
+    "stabilityai/sd-turbo": {"steps": 1, "guidance_scale": 0.0, "height": 512, "width": 512, "strength": 0.5,
+                             "img2img_steps": 2},
 }
 
 
@@ -36,6 +38,19 @@ class Recommended:
     height: int
     width: int
     strength: float = 0.8
+    img2img_steps: int | None = None  # None: ``steps``, raised until steps x strength runs at least one step
+
+    def __post_init__(self):
+        # Image to image runs only the last ``strength`` share of the schedule: int(steps * strength) steps. For
+        # sd-turbo (1 step, strength 0.5) that is none, so its image-to-image default is 2 steps, as diffusers'
+        # docs recommend for it.
+        steps = self.img2img_steps or self.steps
+        while self.strength > 0 and int(steps * self.strength) < 1:
+            steps += 1
+        object.__setattr__(self, "img2img_steps", steps)
+
+    def steps_for(self, img2img: bool) -> int:
+        return self.img2img_steps if img2img else self.steps
 
 
 @dataclass
@@ -116,28 +131,74 @@ def cpu_threads(model: Model) -> int:
     return _DEFAULT_THREADS
 
 
-def use_cpu_threads(model: Model) -> None:
-    """Set torch's (process-wide) thread count for runs of ``model``: the CLI and the app both do, so the same
-    settings give the same pixels in both (sums over different thread counts can differ in the last bit)."""
-    torch.set_num_threads(cpu_threads(model))
+_threads: int | None = None  # torch's thread count for this process, decided once by use_cpu_threads
+_threads_lock = threading.Lock()
 
 
-_cache: dict[tuple, Model] = {}
+def use_cpu_threads(model: Model) -> int:
+    """Give torch the process's thread count, decided once: at the first call, from the first model loaded
+    (:func:`cpu_threads`: one thread for a small model on the CPU, else torch's default; OMP_NUM_THREADS wins).
+
+    torch's thread count is process-wide, so changing it for one model would change it under every other run in
+    the process (a student's run of SD 1.5 while another loads the embedded model). The CLI and the app both call
+    this, so the same model (the CLI's, the app's first) runs on the same threads and gives the same pixels in both
+    (sums over different thread counts can differ in the last bit). Later calls only restore the count when someone
+    else (e.g. a test) changed it."""
+    global _threads
+    with _threads_lock:
+        if _threads is None:
+            _threads = cpu_threads(model)
+        if torch.get_num_threads() != _threads:
+            torch.set_num_threads(_threads)
+        return _threads
+
+
+MAX_MODELS_ENV = "SDVIZ_MAX_MODELS"
+DEFAULT_MAX_MODELS = 2  # three hub models in float32 on the CPU would be about 14 GB
+
+_cache: OrderedDict[tuple, Model] = OrderedDict()  # least recently used first
 _cache_locks: dict[tuple, threading.Lock] = {}
 _cache_lock = threading.Lock()  # guards the two dicts; each model loads under its own lock
 
 
+def max_models() -> int:
+    """How many loaded models the process keeps (``SDVIZ_MAX_MODELS``, default 2); the least recently used goes."""
+    raw = os.environ.get(MAX_MODELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_MODELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise SdvizError(f"{MAX_MODELS_ENV} must be a whole number of 1 or more (got {raw!r}).")
+    return int(raw)
+
+
 def load_model(name: str | Path | None = None, device=None, dtype=None) -> Model:
-    """Load (once, then from memory) the embedded model, a local pipeline folder, or a hub id."""
+    """Load (once, then from memory) the embedded model, a local pipeline folder, or a hub id.
+
+    The process keeps at most :func:`max_models` models, dropping the least recently used one before loading
+    another (a run still using a dropped model keeps it alive until it ends)."""
     device, dtype = pick_device(device, dtype)
     name = EMBEDDED if name in (None, "", EMBEDDED) else str(name)
     key = (name, str(device), dtype)
     with _cache_lock:
-        key_lock = _cache_locks.setdefault(key, threading.Lock())
+        key_lock = _cache_locks.setdefault(key, threading.Lock())  # one per key, kept: few keys, tiny
     with key_lock:  # a slow download of one model does not hold up runs on another
-        if key not in _cache:
-            _cache[key] = _load(name, device, dtype)
-        return _cache[key]
+        with _cache_lock:
+            if key in _cache:
+                _cache.move_to_end(key)
+                return _cache[key]
+            limit = max_models()
+            dropped = 0
+            while len(_cache) >= limit:  # make room first: the new model's parts need the memory
+                _cache.popitem(last=False)
+                dropped += 1
+        if dropped and device.type == "cuda":
+            torch.cuda.empty_cache()
+        model = _load(name, device, dtype)
+        with _cache_lock:
+            _cache[key] = model
+            while len(_cache) > limit:  # others loaded meanwhile
+                _cache.popitem(last=False)
+        return model
 
 
 def _load(name: str, device: torch.device, dtype: torch.dtype) -> Model:
@@ -173,10 +234,9 @@ def _load(name: str, device: torch.device, dtype: torch.dtype) -> Model:
             requires_safety_checker=False,
             local_files_only=local,  # a local folder never touches the hub
         )
+        pipe = pipe.to(device)
     except Exception as err:  # diffusers raises many kinds: OSError, ValueError, EnvironmentError, HTTP errors
-        where = "folder" if local else "hub id (is there a network, and does it have safetensors weights?)"
-        raise SdvizError(f"Could not load the Stable Diffusion model {name!r} from this {where}: {err}") from err
-    pipe = pipe.to(device)
+        raise SdvizError(_load_failure(name, local, device, dtype, err)) from err
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
@@ -184,11 +244,58 @@ def _load(name: str, device: torch.device, dtype: torch.dtype) -> Model:
                  dtype=dtype)
 
 
+_OFFLINE_ERRORS = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
+                   "ConnectionError", "ProxyError", "SSLError", "ReadTimeout", "Timeout", "NameResolutionError"}
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        chain.append(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _load_failure(name: str, local: bool, device: torch.device, dtype: torch.dtype, err: Exception) -> str:
+    """One plain sentence on why a model did not load: out of memory, no internet for a hub id, or what diffusers
+    said (without its "see the stacktrace above": the student sees no stack trace)."""
+    causes = _causes(err)
+    if any(isinstance(c, torch.cuda.OutOfMemoryError) or "out of memory" in str(c).lower() for c in causes):
+        dtype_name = str(dtype).replace("torch.", "")
+        return (f"Not enough {'GPU ' if device.type == 'cuda' else ''}memory to load the Stable Diffusion model "
+                f"{name!r} ({dtype_name} on {device}): keep fewer models loaded ({MAX_MODELS_ENV}, now "
+                f"{max_models()}), free the memory other programs hold, or use float16.")
+    if not local and any(type(c).__name__ in _OFFLINE_ERRORS or isinstance(c, ConnectionError) for c in causes):
+        return (f"Could not load the Stable Diffusion model {name!r}: it is not on this machine, and it needs internet "
+                f"to download from the Hugging Face Hub (this machine is offline, or HF_HUB_OFFLINE is set).")
+    said = str(err).replace("Please check out the root cause in the stacktrace above.", "").strip()
+    where = "folder" if local else "hub id (does it exist, with safetensors weights?)"
+    return f"Could not load the Stable Diffusion model {name!r} from this {where}: {said}"
+
+
+# A few-step distilled model (sd-turbo, adversarial diffusion distillation) ships a scheduler that visits the last
+# timestep first ("trailing" spacing); checkpoints trained for 20-50 steps use "leading" or "linspace".
+TURBO_LIKE = {"steps": 1, "guidance_scale": 0.0, "strength": 0.5}
+
+
+def is_turbo_like(scheduler) -> bool:
+    """Whether a model's scheduler is that of a few-step distilled model like sd-turbo: an Euler-type scheduler
+    with trailing timestep spacing (sd-turbo's own), so a local copy gets the same settings as the hub id."""
+    euler = type(scheduler).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
+    return euler and scheduler.config.get("timestep_spacing") == "trailing"
+
+
 def _recommended(name: str, path: Path | None, pipe) -> Recommended:
+    """The settings a model works best with, the first that says: the folder's ``sdviz_recommended.json``, what
+    its scheduler config implies (turbo-like: 1 step, no guidance), the model card of a known hub id, defaults."""
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     values = {"steps": 50, "guidance_scale": 7.5, "height": side, "width": side}
     values.update(KNOWN_HUB_MODELS.get(name, {}))
+    if is_turbo_like(pipe.scheduler):
+        values.update(TURBO_LIKE)
     if path is not None and (path / RECOMMENDED_FILE).exists():
         saved = json.loads((path / RECOMMENDED_FILE).read_text())
-        values.update({k: saved[k] for k in ("steps", "guidance_scale", "height", "width", "strength") if k in saved})
+        keys = ("steps", "guidance_scale", "height", "width", "strength", "img2img_steps")
+        values.update({k: saved[k] for k in keys if k in saved})
     return Recommended(**values)

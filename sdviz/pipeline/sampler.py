@@ -27,7 +27,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from sdviz.pipeline import vae
-from sdviz.pipeline.schedulers import current_sigma, make_scheduler, scheduler_name, scheduler_x0, x0_from_noise
+from sdviz.pipeline.schedulers import (
+    check_steps,
+    current_sigma,
+    input_scale,
+    make_scheduler,
+    scheduler_name,
+    scheduler_x0,
+    x0_from_noise,
+)
 from sdviz.pipeline.settings import RunSettings, check_settings, load_init_image
 from sdviz.pipeline.text import encode_prompt
 from sdviz.pipeline.trace import StepRecord, Trace, environment, keep
@@ -52,6 +60,7 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
 
     # 2. Timesteps, on a scheduler of this run's own (schedulers count steps internally).
     scheduler = make_scheduler(model, settings.scheduler)
+    check_steps(scheduler, settings.steps)
     scheduler.set_timesteps(settings.steps, device=model.device)
     timesteps = scheduler.timesteps
     generator = torch.Generator("cpu").manual_seed(settings.seed)  # CPU noise: same picture on any device
@@ -94,6 +103,7 @@ def denoise(model, settings: RunSettings, init_image: InitImage | None = None) -
         record = StepRecord(
             index=i, timestep=float(t), sigma=sigma, latents=keep(latents), noise_uncond=keep(noise_uncond),
             noise_text=keep(noise_text), noise_guided=keep(noise_pred), pred_x0=keep(pred_x0),
+            input_scale=input_scale(scheduler, sigma),
         )
         records.append(record)
         yield record

@@ -49,16 +49,49 @@ def make_scheduler(model, name: str | None = None):
         fixes["steps_offset"] = 1
     if scheduler.config.get("clip_sample", False) is True:
         fixes["clip_sample"] = False
-    if isinstance(scheduler, PNDMScheduler) and not scheduler.config.get("skip_prk_steps", False):
-        fixes["skip_prk_steps"] = True  # as SD 1.x ships it; PRK warm-up steps fail below 4 steps
+    # PNDM keeps the model's skip_prk_steps as diffusers does (SD 1.x ships True; built from another scheduler's
+    # config it is False: Runge-Kutta warm-up steps first), so the picture is diffusers' own; check_steps refuses
+    # the step counts PRK cannot plan.
     if fixes:
         scheduler.register_to_config(**fixes)
     return scheduler
 
 
+def min_steps(scheduler) -> int:
+    """The fewest steps a scheduler can plan: PNDM's Runge-Kutta warm-up (PRK) needs 4 (``pndm_order``)."""
+    if isinstance(scheduler, PNDMScheduler) and not scheduler.config.skip_prk_steps:
+        return scheduler.pndm_order
+    return 1
+
+
+def check_steps(scheduler, steps: int) -> None:
+    """Refuse, in plain words, a step count the scheduler cannot plan (diffusers fails with a numpy error)."""
+    fewest = min_steps(scheduler)
+    if steps < fewest:
+        raise SdvizError(
+            f"PNDM on this model starts with Runge-Kutta warm-up steps (its scheduler config does not skip them), "
+            f"which need at least {fewest} steps (got {steps}): use {fewest} or more steps, or another scheduler."
+        )
+
+
 def is_sigma_space(scheduler) -> bool:
     """Euler-type schedulers keep latents as x0 + sigma * noise (and scale the U-Net's input)."""
     return isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler))
+
+
+def input_scale(scheduler, sigma: float) -> float:
+    """What ``scale_model_input`` multiplies the latents by before the U-Net sees them.
+
+    Euler-type schedulers keep x_t as x0 + sigma * noise (sigma up to about 14.6 for SD): dividing by
+    sqrt(sigma^2 + 1) gives the variance-preserving sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise, which the
+    other schedulers keep as it is (scale 1). Pictures and decodes of x_t use that form, for every scheduler.
+    """
+    return 1 / (sigma**2 + 1) ** 0.5 if is_sigma_space(scheduler) else 1.0
+
+
+def variance_preserving(scheduler, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x_t as the U-Net sees it (see :func:`input_scale`)."""
+    return latents * input_scale(scheduler, sigma)
 
 
 def current_sigma(scheduler, t) -> float:

@@ -34,11 +34,20 @@ class StepRecord:
     index: int  # 0-based position in the loop
     timestep: float  # the model's timestep t (999 = pure noise ... 0 = clean)
     sigma: float  # the noise level of x_t: noise std relative to the signal
-    latents: torch.Tensor  # x_t, the latents that entered this step
+    latents: torch.Tensor  # x_t as the scheduler keeps it (Euler-type: x0 + sigma * noise), the step's input
     noise_uncond: torch.Tensor | None  # U-Net estimate for the negative/empty prompt (None without CFG)
     noise_text: torch.Tensor  # U-Net estimate for the prompt
     noise_guided: torch.Tensor  # what the scheduler used: uncond + g * (text - uncond)
     pred_x0: torch.Tensor  # the clean latent implied by the guided estimate
+    input_scale: float = 1.0  # what scale_model_input multiplied ``latents`` by (schedulers.input_scale)
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        """x_t as the U-Net saw it, variance preserving for every scheduler: what pictures and decodes show (raw
+        Euler latents have a spread of sigma, up to about 14.6, and decode to garbage)."""
+        if self.input_scale == 1:
+            return self.latents
+        return (self.latents.float() * self.input_scale).to(self.latents.dtype)
 
     @property
     def guidance_direction(self) -> torch.Tensor | None:
@@ -88,6 +97,7 @@ class Trace:
         return {
             "timesteps": np.array(self.timesteps, dtype=np.float32),
             "sigmas": np.array([s.sigma for s in self.steps], dtype=np.float32),
+            "input_scales": np.array([s.input_scale for s in self.steps], dtype=np.float32),  # latents x it = x_t
             "latents": torch.stack(latents).numpy(),
             "noise_uncond": stack("noise_uncond"),  # NaN where guidance was off
             "noise_text": stack("noise_text"),
