@@ -60,6 +60,7 @@ def main() -> None:
         threads = use_cpu_threads(model)  # what the CLI and the app do
         build_s = time.perf_counter() - started
         rss_loaded = peak_rss_mb()
+        print(f"built and loaded in {build_s:.0f} s, peak RSS {rss_loaded:.0f} MB", flush=True)
         with gr.Blocks():
             panel = components.peek_panel()
             final = gr.Image()
@@ -67,9 +68,11 @@ def main() -> None:
         settings = RunSettings(prompt="a big red circle on the left", steps=args.steps, guidance_scale=7.5, seed=0,
                                height=args.side, width=args.side)
 
+        traces = []
+
         def run_cli() -> float:
             start = time.perf_counter()
-            generate(model, settings)
+            traces.append(generate(model, settings))
             return time.perf_counter() - start
 
         def run_app() -> tuple[float, int]:
@@ -91,8 +94,9 @@ def main() -> None:
             cli_times.append(c)
             app_times.append(a)
             ratios.append(a / c)
-            print(f"pair {i + 1}: CLI {c:.2f} s, app {a:.2f} s, ratio {a / c:.3f}", flush=True)
-        trace = generate(model, settings)
+            print(f"pair {i + 1}: CLI {c:.2f} s, app {a:.2f} s, ratio {a / c:.3f}, peak RSS so far {peak_rss_mb():.0f} MB",
+                  flush=True)
+        trace = traces[-1]
 
     kind = "quick stand-in" if args.quick else "SD-1.5-sized (random weights)"
     result = {
