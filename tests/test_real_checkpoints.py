@@ -102,6 +102,17 @@ def test_image_to_image_defaults_always_run_a_step(steps, strength, img2img_step
     assert rec.steps_for(img2img=False) == steps and rec.steps_for(img2img=True) == img2img_steps
 
 
+def test_the_apps_image_to_image_defaults_run_a_step_on_a_turbo_like_folder(turbo_dir, tiny_model_dir):
+    from sdviz.app import playground
+    from sdviz.app.layout import build_demo
+
+    page = build_demo([turbo_dir, str(tiny_model_dir)]).sdviz_page
+    assert (page.txt.steps.value, page.img.steps.value, page.strength.value) == (1, 2, 0.5)
+    updates = playground.choose_model(page, turbo_dir, str(tiny_model_dir))  # the dropdown, from another model
+    assert updates[page.txt.steps].value == 1 and updates[page.img.steps].value == 2
+    assert updates[page.strength].value == 0.5
+
+
 def test_cli_image_to_image_defaults_run_on_a_turbo_like_folder(turbo, turbo_dir, tmp_path):
     start = tmp_path / "start.png"
     random_picture().save(start)
