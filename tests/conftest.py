@@ -9,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach the hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("SDVIZ_MAX_MODELS", "16")  # the suite loads many tiny models: keep them, as the fixtures do
 
 import pytest
 import torch

@@ -102,6 +102,17 @@ def test_image_to_image_defaults_always_run_a_step(steps, strength, img2img_step
     assert rec.steps_for(img2img=False) == steps and rec.steps_for(img2img=True) == img2img_steps
 
 
+def test_the_apps_image_to_image_defaults_run_a_step_on_a_turbo_like_folder(turbo_dir, tiny_model_dir):
+    from sdviz.app import playground
+    from sdviz.app.layout import build_demo
+
+    page = build_demo([turbo_dir, str(tiny_model_dir)]).sdviz_page
+    assert (page.txt.steps.value, page.img.steps.value, page.strength.value) == (1, 2, 0.5)
+    updates = playground.choose_model(page, turbo_dir, str(tiny_model_dir))  # the dropdown, from another model
+    assert updates[page.txt.steps].value == 1 and updates[page.img.steps].value == 2
+    assert updates[page.strength].value == 0.5
+
+
 def test_cli_image_to_image_defaults_run_on_a_turbo_like_folder(turbo, turbo_dir, tmp_path):
     start = tmp_path / "start.png"
     random_picture().save(start)
@@ -360,3 +371,102 @@ def test_an_offline_hub_id_says_it_needs_internet_in_one_sentence(monkeypatch):
     with pytest.raises(SdvizError) as caught:
         load_model("x/y", device="cpu")
     assert "stacktrace" not in str(caught.value) and "x/y is not a valid model" in str(caught.value)
+
+
+# --- Precision: the dtype asked for, and the float32 VAE fallback --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fp16", "bfloat16"])
+def test_loaded_parts_have_the_dtype_asked_for(tiny_model_dir, dtype):
+    """pick_device allows any dtype on any device (float16 on the CPU is slow but works in torch)."""
+    model = load_model(tiny_model_dir, device="cpu", dtype=dtype)
+    wanted = {"float32": torch.float32, "fp16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    assert model.dtype == wanted
+    for part in (model.unet, model.vae, model.text_encoder):
+        assert {p.dtype for p in part.parameters()} == {wanted}
+    settings = RunSettings(prompt=PROMPT, steps=2, guidance_scale=5.0, seed=1, height=32, width=32)
+    trace = generate(model, settings)
+    assert trace.environment["dtype"] == str(wanted).replace("torch.", "")
+    assert torch.isfinite(trace.final_latents).all()
+    assert max_pixel_difference(trace.image, diffusers_image(model, settings)) <= 1
+
+
+def test_a_float16_decode_that_overflows_falls_back_to_a_float32_vae(tiny_model_dir, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from sdviz.pipeline import vae
+
+    half = load_model(tiny_model_dir, device="cpu", dtype="float16")
+    full = load_model(tiny_model_dir, device="cpu", dtype="float32")
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    decode = AutoencoderKL.decode
+    calls = []
+
+    def overflowing(self, z, *args, **kwargs):  # SD's VAE in float16 can overflow to inf on some latents
+        calls.append(self.dtype)
+        out = decode(self, z, *args, **kwargs)
+        if self.dtype == torch.float16:
+            out[0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(AutoencoderKL, "decode", overflowing)
+    image = vae.decode(half, latents)
+    assert calls == [torch.float16, torch.float32]  # the float16 decode, then the float32 copy's
+    assert image.dtype == torch.float32 and torch.isfinite(image).all()
+    expected = vae.decode(full, latents)  # the float32 copy holds the float16 weights: close, not equal
+    torch.testing.assert_close(image, expected, atol=2e-2, rtol=0)
+    assert half.derived["vae_float32"] is not half.vae and half.vae.dtype == torch.float16  # a copy, made once
+    picture = vae.decode_to_pil(half, latents[0])
+    assert picture.size == (32, 32) and len(calls) == 5  # (one more for `full`)
+
+
+# --- Attention capture on an SD-sized U-Net, with either attention processor ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd_sized_model():
+    """SD 1.5's real U-Net config (860 M parameters, random weights) on an 8x8 latent grid; a tiny VAE and a
+    one-layer CLIP of SD's width (768). About 15 s to build, 2-10 s a U-Net pass on 2 busy cores."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from benchmarks.sd15 import SD15_UNET
+    from sdviz.pipeline.models import Model
+    from sdviz.toy import model as toy_model
+
+    tiny = build_tiny_pipeline()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**dict(SD15_UNET, sample_size=8)).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=768, intermediate_size=64, num_attention_heads=12,
+        num_hidden_layers=1, vocab_size=len(tiny.tokenizer), max_position_embeddings=toy_model.MAX_TOKENS,
+    )).eval()
+    pipe = StableDiffusionPipeline(vae=tiny.vae, text_encoder=text_encoder, tokenizer=tiny.tokenizer, unet=unet,
+                                   scheduler=tiny.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    return lambda: Model(name="sd-sized", pipe=pipe, recommended=Recommended(2, 7.5, 16, 16),
+                         device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("processor", ["AttnProcessor2_0", "AttnProcessor"])
+def test_attention_capture_on_an_sd_sized_unet_sums_to_one(sd_sized_model, processor, monkeypatch):
+    from diffusers.models import attention_processor
+
+    from sdviz.pipeline.capture import AttentionRecorder, capture_run
+
+    model = sd_sized_model()  # a fresh Model: capture is installed once per Model, around the current processors
+    model.unet.set_attn_processor(getattr(attention_processor, processor)())
+    seen = []
+    add = AttentionRecorder.add
+    monkeypatch.setattr(AttentionRecorder, "add", lambda self, name, probs, heads: (seen.append(probs.clone()),
+                                                                                    add(self, name, probs, heads)))
+    settings = RunSettings(prompt="a big red circle", steps=1, guidance_scale=5.0, seed=0, scheduler="ddim")
+    plain = generate(model, settings)
+    trace, maps = capture_run(model, settings)
+    assert torch.equal(plain.final_latents, trace.final_latents)  # capturing changes nothing
+    assert len(maps.layers) == 16 and len(seen) == 16  # SD 1.5 has 16 cross-attention layers; one step
+    assert {type(model.unet.get_submodule(name).processor.inner).__name__ for name in maps.layers} == {processor}
+    for probs in seen:
+        torch.testing.assert_close(probs.sum(dim=-1), torch.ones(probs.shape[:2]), atol=1e-5, rtol=0)
+    assert maps.per_step.shape == (1, len(maps.labels), 8, 8)
+    assert np.allclose(maps.per_step.sum(axis=1), 1, atol=1e-5)
