@@ -6,6 +6,12 @@ Kept apart from the layout so a teacher can read (and correct) every sentence a 
 UNREADABLE_PICTURE = "Could not read the starting picture: upload a PNG, JPEG or WebP image."
 PICK_PICTURE = "Pick a picture first: upload one, or press **A toy picture** or **My last picture**."
 NO_RUN = "Generate an image first (Text to image or Image to image): this panel works on your latest run."
+UNREADABLE_UPLOAD = "That file is not a picture this app can read: upload a PNG, JPEG or WebP image."
+OUT_OF_WORLD = ("**Why so poor?** This model's VAE was trained only on toy pictures (one flat shape on a plain light "
+                "background), so it never learnt to encode anything else: a round trip of {psnr:.1f} dB is what it "
+                "does with a picture from outside its world. Stable Diffusion's own VAE, trained on photos, keeps "
+                "them above 25 dB.")
+PROMPT_PLACEHOLDER = "e.g. a big red circle on the left (empty = no prompt)"
 
 EXPLAIN_FORWARD = """**Forward diffusion: the ink spreading on tissue paper.** Training takes a clean picture and
 mixes noise into it, a little at first and then until nothing of the picture is left. In latent space,
