@@ -119,7 +119,7 @@ def test_unet_tab(tiny_model_name, tiny_model):
 def test_cfg_tab(tiny_run):
     step, scale, info = ui.cfg_tab_opened(tiny_run)
     assert step.maximum == len(tiny_run.steps) and scale.value == 5.0 and "a big red circle" in info
-    assert "3 steps were asked for and 4 ran" not in info or "PNDM" in info
+    assert "4 steps (3 steps were asked for and 4 ran: the PNDM scheduler visits its first noise level twice" in info
     pictures, fig, table, message = ui.cfg_sweep(tiny_run, "1, 5")
     titles = [ax.get_title() for ax in pictures.axes]
     assert titles == ["g = 1 (no CFG)", "g = 5"]  # every scale in one row, each labelled
@@ -158,3 +158,15 @@ def test_export_tab_writes_the_zip_and_forgets_old_ones(tiny_run, tmp_path, monk
     os.utime(first.parent, (0, 0))  # an export from long ago
     second = Path(ui.export_run(tiny_run)[0])
     assert second.exists() and not first.exists()
+
+
+def test_the_extra_pndm_step_is_explained_for_image_to_image_too(tiny_run):
+    from types import SimpleNamespace
+
+    from sdviz.lessons.export import steps_note
+
+    settings = SimpleNamespace(steps=10, strength=0.5)
+    run = SimpleNamespace(settings=settings, steps=[None] * 6, init_image=object())
+    assert steps_note(run).startswith("10 steps at strength 0.5 make 5 and 6 ran: the PNDM scheduler")
+    assert steps_note(run, short=True) == "PNDM makes one more than asked"
+    assert steps_note(SimpleNamespace(settings=settings, steps=[None] * 5, init_image=object())) == ""

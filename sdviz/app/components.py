@@ -164,7 +164,7 @@ class PeekPanel:
 
 
 def generate_controls(defaults: RunSettings, model: Model | None, prefix: str) -> GenerateControls:
-    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a big red circle on the left",
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder=texts.PROMPT_PLACEHOLDER,
                         info="Empty is allowed: the model then draws without a prompt.", elem_id=f"{prefix}-prompt")
     negative = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from (with CFG > 1)",
                           elem_id=f"{prefix}-negative")

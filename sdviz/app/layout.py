@@ -307,7 +307,7 @@ def _ab_tab(run_state: gr.State) -> None:
             step = gr.Slider(1, 2, value=1, step=1, label="step (both runs)", interactive=False, elem_id="ab-step",
                              scale=4)
             play = gr.Button("▶ Play", size="sm", scale=0, min_width=90, elem_id="ab-play")
-            pause = gr.Button("⏸ Pause", size="sm", scale=0, min_width=90, elem_id="ab-pause")
+            pause = gr.Button("Pause", size="sm", scale=0, min_width=90, elem_id="ab-pause")
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():

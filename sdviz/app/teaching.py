@@ -78,9 +78,9 @@ def _base_settings(model, run) -> tuple[RunSettings, object]:
     return RunSettings(steps=rec.steps, guidance_scale=rec.guidance_scale), None
 
 
-def steps_counted(trace: Trace) -> str:
-    """' (20 asked; PNDM ...)' when the run made more steps than were asked for, else ''."""
-    note = export.steps_note(trace)
+def steps_counted(trace: Trace, short: bool = False) -> str:
+    """Why the run made one step more than asked for, in brackets (PNDM), else ''."""
+    note = export.steps_note(trace, short)
     return f" ({note})" if note else ""
 
 
@@ -204,7 +204,7 @@ def attention_run(model_name, prompt, run, include_special=True, progress=PROGRE
     trace, maps = services.capture_attention(model_name, settings, init_image)
     figure = text_attention.attention_figure(maps, trace.image, None, bool(include_special))
     slider = gr.Slider(minimum=0, maximum=len(maps.per_step), value=0, step=1, interactive=True,
-                       label=f"step (0 = the whole run; {len(maps.per_step)} steps{steps_counted(trace)})")
+                       label=f"step (0 = the whole run; {len(maps.per_step)} steps{steps_counted(trace, True)})")
     return (trace.image, figure, slider, text_attention.describe_maps(maps, None, bool(include_special)),
             (maps, trace.image), "")
 
@@ -294,7 +294,7 @@ def ab_run(run, prompt_b, progress=PROGRESS):
     ab = services.prompt_ab(trace.model, trace.settings, prompt_b, trace.init_image, trace)
     n = len(ab.a.steps)
     slider = gr.Slider(minimum=1, maximum=max(n, 2), value=n, step=1, interactive=True,
-                       label=f"step (both runs; {n} steps{steps_counted(trace)})")
+                       label=f"step (both runs; {n} steps{steps_counted(trace, True)})")
     return (ab, slider, *ab_pictures(ab, n), experiments.describe_ab(ab), "")
 
 

@@ -78,6 +78,14 @@ CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-N
             "the embedded model 2: too much overshoots.")
 
 CSS = """
+/* Bold text in one font: Gradio's theme loads Source Sans Pro at 400 and 600, and the 600 file it ships holds only
+   55 glyphs (capital A and B among them), so bold words mixed two fonts ("Prompt A/B" with a different B). Here
+   the same family comes from the complete Regular and Bold files Gradio ships beside it. */
+@font-face { font-family: "sdviz Sans"; font-weight: 100 500; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Regular.woff2") format("woff2"); }
+@font-face { font-family: "sdviz Sans"; font-weight: 600 900; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2"); }
+:root, .gradio-container { --font: "sdviz Sans", ui-sans-serif, system-ui, sans-serif; }
 .peek-figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 190px)); gap: 12px; }
 .peek-figures figure { margin: 0; }
 .peek-figures img, .peek-empty { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
@@ -99,5 +107,10 @@ CSS = """
 .teaching-gallery img { image-rendering: pixelated; }
 .explain { font-size: 0.92em; }
 #peek-status { min-height: 1.6em; }
+/* Every tab's label fits one row at a page width of 1024 px (Gradio hides the rest behind a "..." menu). */
+#tabs .tab-container button { padding: 0 9px; }
+/* A teaching tab's message next to its input: one sentence, readable, and no space taken when empty. */
+.teaching-message p { margin: 4px 0; font-size: 1.02em; }
+.teaching-message:empty, .teaching-message .prose:empty { display: none; }
 #peek-numbers table { font-size: 0.9em; }
 """

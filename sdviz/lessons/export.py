@@ -87,14 +87,20 @@ def for_slides(picture: Image.Image, side: int = SLIDE_SIDE) -> Image.Image:
     return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
 
 
-def steps_note(trace: Trace) -> str:
-    """Why the run has more steps than were asked for (PNDM visits its first noise level twice), or ''."""
+def steps_note(trace: Trace, short: bool = False) -> str:
+    """Why the run made one step more than its settings ask for (PNDM visits its first noise level twice), or ''.
+    ``short``: a few words for a slider's label."""
     asked, ran = trace.settings.steps, len(trace.steps)
-    strength = trace.settings.strength if trace.init_image is not None else 1.0
-    if ran > asked * strength and ran == int(asked * strength) + 1:
-        return (f"{asked} steps were asked for and {ran} ran: the PNDM scheduler visits its first noise level twice "
-                "(a warm-up step for its multistep formula), so it asks the U-Net one more time.")
-    return ""
+    img2img = trace.init_image is not None
+    expected = int(asked * trace.settings.strength) if img2img else asked
+    if ran != expected + 1:
+        return ""
+    if short:
+        return "PNDM makes one more than asked"
+    asked_words = (f"{asked} steps at strength {trace.settings.strength:g} make {expected}" if img2img
+                   else f"{asked} steps were asked for")
+    return (f"{asked_words} and {ran} ran: the PNDM scheduler visits its first noise level twice "
+            "(a warm-up step for its multistep formula), so it asks the U-Net one more time.")
 
 
 def write_bundle(model, trace: Trace, path: str | Path,
