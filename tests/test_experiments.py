@@ -89,6 +89,7 @@ class SeesABigRedSquareOnTheLeft:
 
     clear, problems = True, ()
     colour, shape, size, position = "red", "square", "big", "left"
+    rgb = (200, 40, 40)  # 20 from the toy red (220, 40, 40)
 
     def agrees(self, **wanted) -> dict[str, bool]:
         return {k: getattr(self, k) == v for k, v in wanted.items()}
@@ -118,8 +119,13 @@ def test_a_flat_accuracy_is_averaged_over_more_seeds_and_the_text_says_so(tiny_m
     text = describe_sweep(averaged)
     assert "a flat line that shows no trade-off" in text and "seeds 8 (2 pictures per g)" in text
     assert "highest, 100%, at g = 1" in text
-    legend = [t.get_text() for t in sweep_figure(averaged).axes[1].get_legend().get_texts()]
-    assert legend == ["accuracy, mean of 2 seeds", f"accuracy, seed {settings.seed}"]
+    figure = sweep_figure(averaged)  # what guidance buys, beside what it costs
+    assert [ax.get_title() for ax in figure.axes] == ["what guidance buys: the prompt followed",
+                                                      "what it costs: colours overshoot the toy colour"]
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["mean of 2 seeds", f"seed {settings.seed}"]
+    assert averaged.mean_colour_error() == [20.0, 20.0]
+    assert "strays 20 (RGB distance) from the toy colour at g = 1 and 20 at g = 4" in text
 
 
 def test_the_real_judge_scores_a_drawn_toy_picture():

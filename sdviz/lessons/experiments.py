@@ -92,6 +92,16 @@ def pixel_distance(a: Image.Image, b: Image.Image) -> float:
     return float(np.sqrt(np.mean((x - y) ** 2)))
 
 
+def colour_error(image: Image.Image, prompt: str) -> float | None:
+    """How far the shape's colour is from the toy colour the prompt names (RGB distance; None: no colour named, or
+    no clear shape). Guidance that overshoots saturates colours: this distance grows."""
+    wanted = prompt_attributes(prompt).get("colour")
+    verdict = judge(image)
+    if wanted is None or not verdict.clear or verdict.rgb is None:
+        return None
+    return float(np.linalg.norm(np.subtract(verdict.rgb, world.COLOURS[wanted])))
+
+
 def judge_verdict(image: Image.Image, prompt: str) -> str | None:
     """The judge's verdict in a few words: "all 4 right", or what it got wrong ("shape: circle"); None: can't tell."""
     wanted = prompt_attributes(prompt)
@@ -111,6 +121,7 @@ class SweepPoint:
     distance: float  # RMS pixel difference from the unguided (g = 1) picture
     accuracy: float | None  # share of the prompt's attributes the pixel judge finds (None: not measured)
     verdict: str | None = None  # the judge's verdict in words (None: not measured)
+    colour_error: float | None = None  # RGB distance of the shape's colour from the one named (None: not measured)
 
 
 @dataclass
@@ -118,8 +129,8 @@ class Sweep:
     settings: RunSettings  # the base settings; only the guidance scale changes
     unguided: Image.Image  # the picture at g = 1, what the distances are measured from
     points: list[SweepPoint]
-    # More seeds at the same scales, for the averaged accuracy curve: seed -> accuracy per point (same order)
-    more_seeds: dict[int, list[float | None]] = dataclasses.field(default_factory=dict)
+    # More seeds at the same scales, for the averaged curves: seed -> its points (same scales, same order)
+    more_seeds: dict[int, list[SweepPoint]] = dataclasses.field(default_factory=dict)
 
     @property
     def judged(self) -> bool:
@@ -137,7 +148,14 @@ class Sweep:
 
     def mean_accuracy(self) -> list[float | None]:
         """Per point: the judge's accuracy averaged over every seed swept (None: not measured)."""
-        rows = [[p.accuracy for p in self.points], *self.more_seeds.values()]
+        return self._mean("accuracy")
+
+    def mean_colour_error(self) -> list[float | None]:
+        """Per point: the colour error averaged over every seed swept (None: not measured)."""
+        return self._mean("colour_error")
+
+    def _mean(self, name: str) -> list[float | None]:
+        rows = [[getattr(p, name) for p in points] for points in (self.points, *self.more_seeds.values())]
         means = []
         for values in zip(*rows, strict=True):
             known = [v for v in values if v is not None]
@@ -151,7 +169,7 @@ def with_more_seeds(sweep: Sweep, others: list[Sweep]) -> Sweep:
     for other in others:
         if [p.guidance_scale for p in other.points] != [p.guidance_scale for p in sweep.points]:
             raise SdvizError("The sweeps to average must use the same guidance scales.")
-        more[other.settings.seed] = [p.accuracy for p in other.points]
+        more[other.settings.seed] = other.points
     return dataclasses.replace(sweep, more_seeds=more)
 
 
@@ -174,7 +192,8 @@ def guidance_sweep(model, settings: RunSettings, scales: list[float], init_image
     points = [
         SweepPoint(guidance_scale=g, image=images[g], distance=pixel_distance(images[g], unguided),
                    accuracy=judge_accuracy(images[g], settings.prompt) if use_judge else None,
-                   verdict=judge_verdict(images[g], settings.prompt) if use_judge else None)
+                   verdict=judge_verdict(images[g], settings.prompt) if use_judge else None,
+                   colour_error=colour_error(images[g], settings.prompt) if use_judge else None)
         for g in scales
     ]
     return Sweep(settings=settings, unguided=unguided, points=points)
@@ -200,32 +219,43 @@ def sweep_pictures_figure(sweep: Sweep) -> Figure:
 
 
 def sweep_figure(sweep: Sweep) -> Figure:
-    """The measures against the guidance scale: how far each picture moved from g = 1, and (toy world) the judge's
-    accuracy, averaged over every seed swept."""
-    fig = Figure(figsize=(6.5, 3.6), dpi=100, layout="constrained")
-    ax = fig.subplots()
+    """The measures against the guidance scale. Any model: how far each picture moved from g = 1. The embedded model
+    (the judge knows its world): the trade-off instead, what guidance buys (the prompt's accuracy) beside what it
+    costs (the colour overshooting the named toy colour), each averaged over every seed swept."""
     scales = [p.guidance_scale for p in sweep.points]
-    ax.plot(scales, [p.distance for p in sweep.points], "o-", color="tab:blue", label="difference from g = 1")
-    ax.set_xlabel("guidance scale g", fontsize=11)
-    ax.set_ylabel("RMS pixel difference from g = 1", color="tab:blue", fontsize=11)
-    if sweep.judged:
-        right = ax.twinx()
+    if not sweep.judged:
+        fig = Figure(figsize=(6.5, 3.6), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        ax.plot(scales, [p.distance for p in sweep.points], "o-", color="tab:blue")
+        ax.set_xlabel("guidance scale g", fontsize=11)
+        ax.set_ylabel("RMS pixel difference from g = 1", fontsize=11)
+        ax.set_title(f"\"{sweep.settings.prompt}\", seed {sweep.settings.seed}", fontsize=10)
+        ax.grid(alpha=0.3)
+        return fig
+    fig = Figure(figsize=(9.5, 3.8), dpi=100, layout="constrained")
+    buys, costs = fig.subplots(1, 2)
+    for ax, name, mean, label, colour in (
+        (buys, "accuracy", sweep.mean_accuracy(), "prompt accuracy (pixel judge)", "tab:green"),
+        (costs, "colour_error", sweep.mean_colour_error(), "colour error (RGB distance)", "tab:red"),
+    ):
+        own = [np.nan if getattr(p, name) is None else getattr(p, name) for p in sweep.points]
         if sweep.more_seeds:
-            means = sweep.mean_accuracy()
-            right.plot(scales, [np.nan if m is None else m for m in means], "s-", color="tab:green", linewidth=2,
-                       label=f"accuracy, mean of {len(sweep.seeds)} seeds")
-            right.plot(scales, [np.nan if p.accuracy is None else p.accuracy for p in sweep.points], "x:",
-                       color="tab:green", alpha=0.6, label=f"accuracy, seed {sweep.settings.seed}")
+            ax.plot(scales, [np.nan if m is None else m for m in mean], "s-", color=colour, linewidth=2,
+                    label=f"mean of {len(sweep.seeds)} seeds")
+            ax.plot(scales, own, "x:", color=colour, alpha=0.6, label=f"seed {sweep.settings.seed}")
         else:
-            right.plot(scales, [np.nan if p.accuracy is None else p.accuracy for p in sweep.points], "s--",
-                       color="tab:green", label=f"accuracy, seed {sweep.settings.seed}")
-        right.set_ylim(-0.05, 1.05)
-        right.set_ylabel("prompt accuracy (pixel judge)", color="tab:green", fontsize=11)
-        right.legend(loc="lower right", fontsize=9)
-    title = f"\"{sweep.settings.prompt}\""
-    if sweep.more_seeds:
-        title += f": accuracy averaged over seeds {', '.join(map(str, sweep.seeds))}"
-    ax.set_title(title, fontsize=10)
+            ax.plot(scales, own, "s-", color=colour, label=f"seed {sweep.settings.seed}")
+        ax.set_xlabel("guidance scale g", fontsize=11)
+        ax.set_ylabel(label, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    buys.set_ylim(-0.05, 1.05)
+    buys.set_title("what guidance buys: the prompt followed", fontsize=11)
+    costs.set_ylim(bottom=0)
+    costs.set_title("what it costs: colours overshoot the toy colour", fontsize=11)
+    fig.suptitle(f"\"{sweep.settings.prompt}\"" + (f", averaged over seeds {', '.join(map(str, sweep.seeds))}"
+                                                 if sweep.more_seeds else f", seed {sweep.settings.seed}"),
+                 fontsize=11)
     return fig
 
 
@@ -255,6 +285,13 @@ def describe_sweep(sweep: Sweep) -> str:
             else:
                 text += " The curve also averages"
             text += f" seeds {', '.join(map(str, sweep.seeds[1:]))} ({len(sweep.seeds)} pictures per g)."
+        errors = [(e, p.guidance_scale) for e, p in zip(sweep.mean_colour_error(), sweep.points, strict=True)
+                  if e is not None]
+        if len(errors) > 1:
+            (low, g_low), (high, g_high) = errors[0], errors[-1]
+            text += (f" The cost: the shape's colour strays {low:.0f} (RGB distance) from the toy colour at g = {g_low:g} "
+                     f"and {high:.0f} at g = {g_high:g}{' (mean of the seeds)' if sweep.more_seeds else ''}: "
+                     f"{'stronger guidance over-saturates it' if high > low else 'no overshoot in this range'}.")
         known = [(m, p.guidance_scale) for m, p in zip(means, sweep.points, strict=True) if m is not None]
         if known:
             best = max(m for m, _ in known)
