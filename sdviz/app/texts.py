@@ -28,7 +28,8 @@ EXPLAIN_TEXT = """**Text conditioning.** The tokenizer cuts the prompt into toke
 padded to a fixed length); the CLIP text encoder turns each token into a vector (the heat map: one row per
 token). The U-Net reads these vectors through its **cross-attention** layers: every latent pixel weighs the
 tokens, and the weights add up to 1. **Run and capture** repeats your last run with this prompt and records
-those weights: the maps show which word "lands" where, over the whole run or at one step."""
+those weights: the maps show which word "lands" where, over the whole run or at one step. All maps share one
+grey scale (white = the most attention), so a brighter map is a word the picture listens to more."""
 
 EXPLAIN_UNET = """**The U-Net: the noise predictor.** It has a *contracting path*
 (encoders: the latent grid shrinks, the channels grow) and an *expansive path* (decoders: the grid grows
@@ -43,12 +44,13 @@ recombine its two stored estimates at another g: the picture shows where that st
 predicted clean latents x0), with no new U-Net call."""
 
 EXPLAIN_AB = """**Prompt A/B.** Prompt A is your last run; prompt B runs with the same seed and settings, so both start
-from exactly the same noise. The plot projects both latent trajectories onto their two main directions
+from exactly the same noise. Move the step (or press **Play**) to watch both runs side by side: x_t and the
+predicted clean picture x0 of each. The plot projects both latent trajectories onto their two main directions
 (PCA): the paths start at one point and drift apart as the U-Net follows different words."""
 
 EXPLAIN_EXPORT = """**Export** your last run as one zip: the final picture, settings.json (to reproduce it),
-trace.npz (every step's tensors, for a notebook), the animation, and every step's panels as PNGs
-(for slides). The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""
+trace.npz (every step's tensors, for a notebook), the animation, and for every step the VAE's pictures of x_t
+and x0 (large, for slides) and the step's panels. The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""
 
 
 EXPLAIN_LATENTS = """**The latents x_t.** Stable Diffusion does not paint pixels: it works on *latents*, a small
@@ -101,10 +103,6 @@ CSS = """
   padding-top: 30px; box-sizing: border-box; }
 .peek-picture img, .final-picture img, .teaching-picture img { width: 100%; height: 100%; object-fit: contain;
   image-rendering: pixelated; }
-/* The teaching galleries keep their 6 columns with fewer pictures (Gradio would stretch 2 pictures to half the
-   width each, taller than the gallery), below the label. */
-.teaching-gallery .grid-wrap .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)); padding-top: 32px; }
-.teaching-gallery img { image-rendering: pixelated; }
 .explain { font-size: 0.92em; }
 #peek-status { min-height: 1.6em; }
 /* Every tab's label fits one row at a page width of 1024 px (Gradio hides the rest behind a "..." menu). */

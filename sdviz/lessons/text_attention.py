@@ -185,7 +185,6 @@ def describe_maps(maps: AttentionMaps, step: int | None = None, include_special:
         text += (f"The tokens that carry no word (start, end, padding) get {special_total:.0%}: {named(special)}"
                  f"{'' if include_special else ' (not drawn: tick the box to see them)'}. ")
     if words:
-        top_word, top_share = words[0]
-        text += (f"Among the words, **{html.escape(top_word)}** draws the most; the maps share one scale, so a "
+        text += (f"Among the words, **{html.escape(words[0][0])}** draws the most; the maps share one scale, so a "
                  "brighter map is a token the picture listens to more.")
     return text
