@@ -274,10 +274,8 @@ def _cfg_tab(run_state: gr.State) -> None:
         sweep_message = components.message("cfg-sweep")
         pictures = gr.Plot(label="same seed, different guidance", show_label=False, format="png",
                            elem_id="cfg-pictures")
-        with gr.Row():
-            plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png",
-                           elem_id="cfg-plot")
-            table = gr.Markdown(elem_id="cfg-table")
+        plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png", elem_id="cfg-plot")
+        table = gr.Markdown(elem_id="cfg-table")
         gr.Markdown("### What-if at one step: a one-step extrapolation, not a run")
         with gr.Row():
             step = gr.Slider(1, 2, value=1, step=1, label="step", interactive=False, elem_id="cfg-step")

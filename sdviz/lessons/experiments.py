@@ -288,10 +288,16 @@ def describe_sweep(sweep: Sweep) -> str:
         errors = [(e, p.guidance_scale) for e, p in zip(sweep.mean_colour_error(), sweep.points, strict=True)
                   if e is not None]
         if len(errors) > 1:
-            (low, g_low), (high, g_high) = errors[0], errors[-1]
-            text += (f" The cost: the shape's colour strays {low:.0f} (RGB distance) from the toy colour at g = {g_low:g} "
-                     f"and {high:.0f} at g = {g_high:g}{' (mean of the seeds)' if sweep.more_seeds else ''}: "
-                     f"{'stronger guidance over-saturates it' if high > low else 'no overshoot in this range'}.")
+            best, g_best = min(errors)
+            first, g_first = errors[0]
+            last, g_last = errors[-1]
+            mean = " (mean of the seeds)" if sweep.more_seeds else ""
+            text += f" The shape's colour comes closest to the toy colour at g = {g_best:g} ({best:.0f}, RGB distance{mean})"
+            if first > best:
+                text += f"; at g = {g_first:g} it strays {first:.0f}, too little guidance to get the colour right"
+            if last > best:
+                text += f"; at g = {g_last:g} it strays {last:.0f}: too much guidance over-saturates it"
+            text += "."
         known = [(m, p.guidance_scale) for m, p in zip(means, sweep.points, strict=True) if m is not None]
         if known:
             best = max(m for m, _ in known)
