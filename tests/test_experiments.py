@@ -121,11 +121,11 @@ def test_a_flat_accuracy_is_averaged_over_more_seeds_and_the_text_says_so(tiny_m
     assert "highest, 100%, at g = 1" in text
     figure = sweep_figure(averaged)  # what guidance buys, beside what it costs
     assert [ax.get_title() for ax in figure.axes] == ["what guidance buys: the prompt followed",
-                                                      "what it costs: colours overshoot the toy colour"]
+                                                      "what it costs: the colour strays from the toy colour"]
     legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert legend == ["mean of 2 seeds", f"seed {settings.seed}"]
     assert averaged.mean_colour_error() == [20.0, 20.0]
-    assert "comes closest to the toy colour at g = 1 (20, RGB distance (mean of the seeds))." in text
+    assert "comes closest to the toy colour at g = 1 (20, RGB distance, mean of the seeds)." in text
     other.points[1].colour_error = 60.0  # over-saturated at g = 4 for seed 8: the mean says so
     text = describe_sweep(with_more_seeds(sweep, [other]))
     assert "at g = 4 it strays 40: too much guidance over-saturates it" in text

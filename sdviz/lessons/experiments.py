@@ -252,7 +252,7 @@ def sweep_figure(sweep: Sweep) -> Figure:
     buys.set_ylim(-0.05, 1.05)
     buys.set_title("what guidance buys: the prompt followed", fontsize=11)
     costs.set_ylim(bottom=0)
-    costs.set_title("what it costs: colours overshoot the toy colour", fontsize=11)
+    costs.set_title("what it costs: the colour strays from the toy colour", fontsize=11)
     fig.suptitle(f"\"{sweep.settings.prompt}\"" + (f", averaged over seeds {', '.join(map(str, sweep.seeds))}"
                                                  if sweep.more_seeds else f", seed {sweep.settings.seed}"),
                  fontsize=11)
@@ -291,7 +291,7 @@ def describe_sweep(sweep: Sweep) -> str:
             best, g_best = min(errors)
             first, g_first = errors[0]
             last, g_last = errors[-1]
-            mean = " (mean of the seeds)" if sweep.more_seeds else ""
+            mean = ", mean of the seeds" if sweep.more_seeds else ""
             text += f" The shape's colour comes closest to the toy colour at g = {g_best:g} ({best:.0f}, RGB distance{mean})"
             if first > best:
                 text += f"; at g = {g_first:g} it strays {first:.0f}, too little guidance to get the colour right"
