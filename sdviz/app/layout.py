@@ -309,11 +309,11 @@ def _ab_tab(run_state: gr.State) -> None:
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
-                    a_xt = picture_output("A: x_t (VAE decode)", "ab-a-xt", height=200)
-                    a_x0 = picture_output("A: predicted x0 (VAE decode)", "ab-a-x0", height=200)
+                    a_xt = picture_output("A: x_t (decode)", "ab-a-xt", height=200)
+                    a_x0 = picture_output("A: x0, predicted (decode)", "ab-a-x0", height=200)
                 with gr.Row():
-                    b_xt = picture_output("B: x_t (VAE decode)", "ab-b-xt", height=200)
-                    b_x0 = picture_output("B: predicted x0 (VAE decode)", "ab-b-x0", height=200)
+                    b_xt = picture_output("B: x_t (decode)", "ab-b-xt", height=200)
+                    b_x0 = picture_output("B: x0, predicted (decode)", "ab-b-x0", height=200)
             plot = gr.Plot(label="latent trajectories (PCA)", show_label=False, format="png", elem_id="ab-plot", scale=3)
         text = gr.Markdown(elem_id="ab-text")
         ab_state = gr.State(None, time_to_live=STATE_TTL_S)
