@@ -11,6 +11,8 @@ from PIL import Image
 
 from sdviz.errors import SdvizError
 from sdviz.lessons.text_attention import (
+    attention_figure,
+    describe_maps,
     describe_tokens,
     embedding_figure,
     embedding_matrix,
@@ -192,3 +194,35 @@ def test_overlay_is_bright_where_attention_is():
     heat[0, 0] = 1.0
     out = np.asarray(overlay(picture, heat, alpha=1.0)).astype(int)
     assert out[0, 0].sum() > out[7, 7].sum()
+
+
+def synthetic_maps(shares: list[float]) -> capture.AttentionMaps:
+    """Maps whose shares are given: <start>, a, red, circle, <end>, padding (11); one step, 4x4 pixels."""
+    labels = ["<start>", "a", "red", "circle", "<end>", "padding (11)"]
+    rng = np.random.default_rng(0)
+    per_step = np.stack([np.full((4, 4), s) + rng.normal(0, 0.001, (4, 4)) for s in shares])[None]
+    per_step[0, 3, 1, 1] += 0.05  # "circle" attends one spot
+    return capture.AttentionMaps(labels=labels, groups=[[i] for i in range(6)], per_step=per_step,
+                                 timesteps=[999.0], layers=["l1", "l2"], heads={"l1": 8, "l2": 8})
+
+
+def test_every_map_of_a_figure_shares_one_scale_with_a_colour_bar():
+    maps = synthetic_maps([0.12, 0.1, 0.1, 0.16, 0.2, 0.32])
+    picture = Image.new("RGB", (8, 8), (240, 240, 240))
+    for include_special, top in ((True, maps.overall.max()), (False, maps.overall[1:4].max())):
+        figure = attention_figure(maps, picture, include_special=include_special)
+        drawn = [ax.get_images()[0] for ax in figure.axes if ax.get_title().split(":")[0] in maps.labels]
+        assert len(drawn) == (6 if include_special else 3)  # every token shown
+        assert all(im.get_clim() == pytest.approx((0, top)) for im in drawn)  # one scale for all
+        assert any(ax.get_ylabel().startswith("attention weight") for ax in figure.axes)  # the colour bar
+        assert all(im.get_cmap().name == "gray" for im in drawn)  # no toy colour can pass for attention
+
+
+def test_the_text_is_made_from_the_shares_shown():
+    maps = synthetic_maps([0.12, 0.1, 0.1, 0.16, 0.2, 0.32])
+    text = describe_maps(maps)
+    shares = dict(zip(maps.labels, maps.overall.mean(axis=(1, 2)), strict=True))
+    assert f"**padding (11)** {shares['padding (11)']:.0%}" in text and "**&lt;start&gt;** 12%" in text
+    assert "The prompt's words get 36% in all" in text and "**circle** draws the most" in text
+    assert "soaks up" not in text
+    assert text.index("padding (11)") < text.index("&lt;start&gt;")  # ranked by share, padding first here

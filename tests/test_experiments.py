@@ -12,6 +12,7 @@ import torch
 from sdviz.errors import SdvizError
 from sdviz.lessons import experiments
 from sdviz.lessons.experiments import (
+    describe_sweep,
     guidance_sweep,
     judge_accuracy,
     parse_scales,
@@ -19,8 +20,10 @@ from sdviz.lessons.experiments import (
     prompt_ab,
     prompt_attributes,
     sweep_figure,
+    sweep_pictures_figure,
     what_if,
     what_if_x0,
+    with_more_seeds,
 )
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.settings import RunSettings
@@ -84,16 +87,48 @@ def test_sweep_same_seed_distances_from_the_unguided_picture(tiny_model):
 class SeesABigRedSquareOnTheLeft:
     """A stand-in for the pixel judge's verdict (the tiny model's pictures show nothing the real judge knows)."""
 
+    clear, problems = True, ()
+    colour, shape, size, position = "red", "square", "big", "left"
+    rgb = (200, 40, 40)  # 20 from the toy red (220, 40, 40)
+
     def agrees(self, **wanted) -> dict[str, bool]:
-        seen = {"colour": "red", "shape": "square", "size": "big", "position": "left"}
-        return {k: seen[k] == v for k, v in wanted.items()}
+        return {k: getattr(self, k) == v for k, v in wanted.items()}
 
 
 def test_sweep_uses_the_judge_when_asked(tiny_model, monkeypatch):
     monkeypatch.setattr(experiments, "judge", lambda image: SeesABigRedSquareOnTheLeft())
     sweep = guidance_sweep(tiny_model, dataclasses.replace(SETTINGS, steps=2), [2.0], use_judge=True)
     assert sweep.points[0].accuracy == 0.75  # 3 of the 4 named attributes
+    assert sweep.points[0].verdict == "shape: square"  # what the judge got wrong, in words
     assert sweep.judged and len(sweep_figure(sweep).axes) == 2
+    labels = sweep_pictures_figure(sweep).axes[0]
+    assert labels.get_title() == "g = 2" and labels.get_xlabel() == "judge: 75%\nshape: square"
+
+
+def test_a_flat_accuracy_is_averaged_over_more_seeds_and_the_text_says_so(tiny_model, monkeypatch):
+    monkeypatch.setattr(experiments, "judge", lambda image: SeesABigRedSquareOnTheLeft())
+    settings = dataclasses.replace(SETTINGS, steps=2, prompt="a big red square")
+    sweep = guidance_sweep(tiny_model, settings, [1.0, 4.0], use_judge=True)
+    assert sweep.flat and sweep.points[0].accuracy == 1.0
+    # Another seed where the judge sees less at g = 4: the mean drops there, and the figure and the text say so.
+    other = dataclasses.replace(guidance_sweep(tiny_model, dataclasses.replace(settings, seed=8), [1.0, 4.0],
+                                               use_judge=True))
+    other.points[1].accuracy = 0.5
+    averaged = with_more_seeds(sweep, [other])
+    assert averaged.seeds == [settings.seed, 8] and averaged.mean_accuracy() == [1.0, 0.75]
+    text = describe_sweep(averaged)
+    assert "a flat line that shows no trade-off" in text and "seeds 8 (2 pictures per g)" in text
+    assert "highest, 100%, at g = 1" in text
+    figure = sweep_figure(averaged)  # what guidance buys, beside what it costs
+    assert [ax.get_title() for ax in figure.axes] == ["what guidance buys: the prompt followed",
+                                                      "what it costs: the colour strays from the toy colour"]
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["mean of 2 seeds", f"seed {settings.seed}"]
+    assert averaged.mean_colour_error() == [20.0, 20.0]
+    assert "comes closest to the toy colour at g = 1 (20, RGB distance, mean of the seeds)." in text
+    other.points[1].colour_error = 60.0  # over-saturated at g = 4 for seed 8: the mean says so
+    text = describe_sweep(with_more_seeds(sweep, [other]))
+    assert "at g = 4 it strays 40: too much guidance over-saturates it" in text
 
 
 def test_the_real_judge_scores_a_drawn_toy_picture():

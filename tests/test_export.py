@@ -13,7 +13,8 @@ from PIL import Image
 
 from sdviz.cli import main
 from sdviz.errors import SdvizError
-from sdviz.lessons.export import bundle_name, step_folder, write_bundle
+from sdviz.lessons.export import SLIDE_SIDE, bundle_name, for_slides, step_folder, write_bundle
+from sdviz.pipeline import vae
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.settings import RunSettings
 
@@ -42,6 +43,23 @@ def test_the_zip_holds_the_trace_files_and_every_steps_panels(tiny_model, tmp_pa
             assert Image.open(io.BytesIO(zf.read(f"{folder}/x_t.png"))).mode == "RGB"
         assert "a red circle" in zf.read("README.txt").decode()
     assert len([n for n in names if n.startswith("steps/") and n.endswith("x_t.png")]) == len(trace.steps)
+
+
+def test_the_zip_holds_real_large_vae_decodes_of_every_step_and_says_why_pndm_ran_one_more(tiny_model, tmp_path):
+    trace = generate(tiny_model, SETTINGS)  # the tiny model's PNDM: 3 steps asked, 4 ran
+    with zipfile.ZipFile(write_bundle(tiny_model, trace, tmp_path / "run.zip")) as zf:
+        for record in trace.steps:
+            folder = step_folder(record.index, record.timestep)
+            for name, latents in (("x_t_decode.png", record.latents), ("x0_decode.png", record.pred_x0)):
+                picture = Image.open(io.BytesIO(zf.read(f"{folder}/{name}")))
+                assert min(picture.size) >= SLIDE_SIDE  # 32x32 pictures, enlarged 16x with sharp pixels
+                expected = for_slides(vae.decode_to_pil(tiny_model, latents))
+                assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected))
+        readme = zf.read("README.txt").decode()
+        gif = Image.open(io.BytesIO(zf.read("animation.gif")))
+    assert "3 steps were asked for and 4 ran: the PNDM scheduler" in readme
+    assert "enlarged 16x from 32x32" in readme
+    assert gif.n_frames == len(trace.steps) + 1 and gif.width >= 2 * 256
 
 
 def test_without_guidance_there_is_no_unconditional_panel(tiny_model, tmp_path):

@@ -6,11 +6,13 @@ import dataclasses
 import itertools
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from sdviz.lessons.experiments import prompt_attributes
 from sdviz.toy import world
 from sdviz.toy.judge import judge
 
@@ -149,3 +151,32 @@ def test_agrees_names_only_the_attributes_asked_about():
     assert verdict.agrees(colour="green", shape="triangle", position="top") == {
         "colour": True, "shape": True, "position": True}
     assert verdict.agrees(colour="red", size="big") == {"colour": False, "size": False}
+
+
+HIGH_GUIDANCE = Path(__file__).parent / "data" / "high_guidance"
+
+
+@pytest.mark.parametrize("path", sorted(HIGH_GUIDANCE.glob("*.png")), ids=lambda p: p.stem)
+def test_judge_reads_the_embedded_models_pictures_at_high_guidance_as_a_person_does(path):
+    """Pictures the embedded model drew at guidance 12 and 20 (20 steps, seed in the name): saturated colour, a soft
+    3-4 pixel edge, a lighter smudge beside the shape, a tinted background. A person reads the squares at a glance
+    (the judge once scored a small one 0%: its smudge stretched the box to a circle's fill, and its edge counted as
+    mush); the last one is a green circle drawn for "red", which the judge must still call wrong."""
+    prompt = path.stem.split("_g")[0].replace("_", " ")
+    verdict = judge(Image.open(path))
+    agreement = verdict.agrees(**prompt_attributes(prompt))
+    if "red_circle" in path.stem:
+        assert verdict.clear and verdict.colour == "green" and verdict.shape == "circle"
+        assert agreement["colour"] is False
+    else:
+        assert verdict.clear, verdict.problems
+        assert all(agreement.values()), (agreement, verdict)
+
+
+def test_a_smudge_beside_a_drawn_square_does_not_make_it_a_circle():
+    scene = world.Scene("blue", "square", "small", "top", 0.5, 0.27, 0.13, (236, 236, 236))
+    pixels = np.asarray(world.draw(scene)).astype(float)
+    pixels[5:9, 19:28] = (150, 165, 230)  # a lighter smear off the top-left corner, as overshoot paints
+    verdict = judge(pixels.astype(np.uint8))
+    assert verdict.clear and (verdict.shape, verdict.size, verdict.position) == ("square", "small", "top")
+    assert verdict.half_extent == pytest.approx(0.13, abs=0.015)

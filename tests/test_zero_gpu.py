@@ -143,39 +143,41 @@ def test_the_simulated_boundary_refuses_a_loaded_model_and_a_figure(tiny_model):
 
 
 def test_the_picture_tabs_run_the_vae_in_a_gpu_worker(gpu, tiny_model_name, tiny_run):
-    picture = teaching.toy_picture(tiny_model_name, seed=3)
-    noisy, latents_fig, schedule_fig, text = teaching.forward_view(tiny_model_name, picture, 250, 0)
+    picture, _ = teaching.toy_picture(tiny_model_name, seed=3)
+    noisy, latents_fig, schedule_fig, text, _ = teaching.forward_view(tiny_model_name, picture, 250, 0)
     assert noisy.size == (32, 32) and "t = 250" in text
     assert len([ax for ax in latents_fig.axes if ax.get_images()]) == 4 and schedule_fig.axes
-    decoded, channels_fig, text = teaching.latent_view(tiny_model_name, teaching.last_picture(tiny_run))
+    decoded, channels_fig, text, _ = teaching.latent_view(tiny_model_name, teaching.last_picture(tiny_run)[0])
     assert decoded.size == (32, 32) and "3x fewer numbers" in text and channels_fig.axes
     assert gpu.ran() == ["noise_picture", "explore_latents"]
 
 
 def test_the_text_tab_runs_the_text_encoder_and_the_capture_run_in_a_gpu_worker(gpu, tiny_model_name, tiny_run,
                                                                                  tiny_model):
-    rows, text, fig = teaching.tokens_view(tiny_model_name, "", tiny_run)
+    rows, text, fig, _ = teaching.tokens_view(tiny_model_name, "", tiny_run)
     assert [r[1] for r in rows[1:5]] == ["a", "big", "red", "circle"]
     assert fig.axes[0].get_images()[0].get_array().shape == (16, tiny_model.text_encoder.config.hidden_size)
-    image, gallery, slider, text, captured = teaching.attention_run(tiny_model_name, "a red circle", tiny_run)
+    image, figure, slider, text, captured, _ = teaching.attention_run(tiny_model_name, "a red circle", tiny_run)
     assert image.size == (32, 32) and slider.maximum == len(tiny_run.steps)
-    assert [caption.split(":")[0] for _, caption in gallery][:4] == ["<start>", "a", "red", "circle"]
-    step_gallery, _ = teaching.attention_step(2, False, captured)  # stored maps: no model, no GPU
-    assert [c.split(":")[0] for _, c in step_gallery] == ["a", "red", "circle"]
+    assert [ax.get_title().split(":")[0] for ax in figure.axes[1:5]] == ["<start>", "a", "red", "circle"]
+    step_figure, _, _ = teaching.attention_step(2, False, captured)  # stored maps: no model, no GPU
+    assert [ax.get_title().split(":")[0] for ax in step_figure.axes[1:4]] == ["a", "red", "circle"]
     assert gpu.ran() == ["embed_tokens", "capture_attention"]
 
 
 def test_the_cfg_and_ab_tabs_run_in_a_gpu_worker_with_the_same_pictures(gpu, tiny_run):
-    gallery, fig, table = teaching.cfg_sweep(tiny_run, "1, 5")
-    assert [c for _, c in gallery] == ["g = 1", "g = 5"]
-    assert np.array_equal(np.asarray(gallery[1][0]), np.asarray(tiny_run.image))  # g = 5 is the run itself
-    recorded, changed, text = teaching.cfg_what_if(tiny_run, 1, 10.0)
+    pictures, fig, table, _ = teaching.cfg_sweep(tiny_run, "1, 5")
+    assert [ax.get_title() for ax in pictures.axes] == ["g = 1 (no CFG)", "g = 5"]
+    shown = pictures.axes[1].get_images()[0].get_array()
+    assert np.array_equal(np.asarray(shown), np.asarray(tiny_run.image))  # g = 5 is the run itself
+    recorded, changed, text, _ = teaching.cfg_what_if(tiny_run, 1, 10.0)
     assert recorded.size == changed.size == (32, 32) and "g = 10" in text
-    a, b, fig, text = teaching.ab_run(tiny_run, "a small blue square")
-    assert a is tiny_run.image and b.size == a.size and "same noise" in text
+    ab, _, a_xt, a_x0, b_xt, b_x0, fig, text, _ = teaching.ab_run(tiny_run, "a small blue square")
+    assert a_x0.size == b_x0.size == tiny_run.image.size and "same noise" in text
     settings = tiny_run.settings
     assert gpu.calls == [("guidance_sweep", hosting.sweep_seconds("m", settings, [1, 5])),
-                         ("what_if", hosting.QUICK_SECONDS), ("prompt_ab", hosting.loop_seconds("m", settings))]
+                         ("what_if", hosting.QUICK_SECONDS), ("prompt_ab", hosting.loop_seconds("m", settings)),
+                         ("decode_pair", hosting.QUICK_SECONDS), ("decode_pair", hosting.QUICK_SECONDS)]
     gpu.ran()
 
 
@@ -183,11 +185,11 @@ def test_export_fits_missing_preview_colours_in_a_gpu_worker(gpu, tiny_run, tiny
     monkeypatch.setattr(teaching, "EXPORT_DIR", tmp_path / "exports")
     model = load_model(tiny_model_name)  # the cached model the app uses (other tests may have reloaded it)
     monkeypatch.delitem(model.derived, "rgb_map", raising=False)  # a model whose colours are not fitted yet
-    with zipfile.ZipFile(Path(teaching.export_run(tiny_run))) as zf:
+    with zipfile.ZipFile(Path(teaching.export_run(tiny_run)[0])) as zf:
         assert "final.png" in zf.namelist() and "animation.gif" in zf.namelist()
-    assert "rgb_map" in model.derived and gpu.ran() == ["fit_preview_colours"]
-    teaching.export_run(tiny_run)  # fitted once per model
-    assert gpu.ran() == []
+    assert "rgb_map" in model.derived and gpu.ran() == ["fit_preview_colours", "decode_steps"]
+    teaching.export_run(tiny_run)  # fitted once per model; the decodes are made in a GPU worker each time
+    assert gpu.ran() == ["decode_steps"]
 
 
 def test_the_app_loop_streams_from_a_gpu_worker_and_the_step_slider_decodes_there(gpu, tiny_model_name, tiny_model):
@@ -209,11 +211,11 @@ def test_the_app_loop_streams_from_a_gpu_worker_and_the_step_slider_decodes_ther
 
 
 def test_errors_inside_a_gpu_worker_still_reach_the_student(gpu, tiny_model_name, tiny_run, tiny_model):
-    with pytest.raises(gr.Error, match="The timestep must be a whole number"):
-        teaching.forward_view(tiny_model_name, teaching.toy_picture(tiny_model_name, seed=3), 5000, 0)
+    # The teaching tabs keep their results and say why (their last output); the playground raises gr.Error.
+    said = teaching.forward_view(tiny_model_name, teaching.toy_picture(tiny_model_name, seed=3)[0], 5000, 0)[-1]
+    assert "The timestep must be a whole number" in said
     unguided = generate(tiny_model, RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0))
-    with pytest.raises(gr.Error, match="no classifier-free guidance"):
-        teaching.cfg_what_if(unguided, 1, 5.0)
+    assert "no classifier-free guidance" in teaching.cfg_what_if(unguided, 1, 5.0)[-1]
     with gr.Blocks():
         panel, final, run_state = components.peek_panel(), gr.Image(), gr.State()
     with pytest.raises(gr.Error, match="Unknown scheduler"):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdviz.app import texts
 from sdviz.app.gradio_internals import no_stub_files
-from sdviz.app.services import student_error
+from sdviz.app.services import UnreadablePicture, student_error
 from sdviz.lessons import peek
 from sdviz.pipeline.models import EMBEDDED, Model
 from sdviz.pipeline.schedulers import SCHEDULERS, scheduler_name
@@ -46,6 +46,22 @@ with no_stub_files():
                                     f"{MAX_INIT_PIXELS // 1_000_000} megapixels: shrink it first.") from err
             except Exception as err:  # PIL raises several kinds for files that are not pictures
                 raise student_error(texts.UNREADABLE_PICTURE) from err
+
+    class TeachingPicture(gr.Image):
+        """Gradio's image input (the same widget), for the teaching tabs: a file it cannot read reaches the handler
+        as an :class:`~sdviz.app.services.UnreadablePicture` (the message) instead of failing the event, so the
+        handler can keep the tab's last good result and say what is wrong next to the input."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except Image.DecompressionBombError:
+                return UnreadablePicture(f"That picture has too many pixels; the most this app takes is "
+                                         f"{MAX_INIT_PIXELS // 1_000_000} megapixels: shrink it first.")
+            except Exception:  # PIL raises several kinds for files that are not pictures
+                return UnreadablePicture(texts.UNREADABLE_UPLOAD)
 
     class Slider(gr.Slider):
         """Gradio's slider (the same widget), whose out-of-range message names it: "Steps: Value 0 is less than
@@ -148,7 +164,7 @@ class PeekPanel:
 
 
 def generate_controls(defaults: RunSettings, model: Model | None, prefix: str) -> GenerateControls:
-    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a big red circle on the left",
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder=texts.PROMPT_PLACEHOLDER,
                         info="Empty is allowed: the model then draws without a prompt.", elem_id=f"{prefix}-prompt")
     negative = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from (with CFG > 1)",
                           elem_id=f"{prefix}-negative")
@@ -238,14 +254,21 @@ def figures_html(figures: list[tuple[str, Image.Image | None]],
 # --- The teaching tabs' pictures ------------------------------------------------------------------------------
 
 
-def picture_input(prefix: str) -> tuple[gr.Image, gr.Button, gr.Button]:
+def picture_input(prefix: str) -> tuple[gr.Image, gr.Button, gr.Button, gr.Markdown]:
+    """A teaching tab's picture (a file path for the handlers: they read, check and fit it themselves), its two
+    buttons, and the one-line message beside it that says what was wrong or what was done to an upload."""
     # PNG, not Gradio's default WebP: lossy compression smears the toy world's hard edges
-    image = gr.Image(label="Picture", type="pil", format="png", sources=["upload", "clipboard"], height=240,
-                     elem_id=f"{prefix}-picture", elem_classes=["teaching-picture"])
+    image = TeachingPicture(label="Picture", type="filepath", format="png", sources=["upload", "clipboard"],
+                            height=240, elem_id=f"{prefix}-picture", elem_classes=["teaching-picture"])
     with gr.Row():
         toy = gr.Button("A toy picture", size="sm", elem_id=f"{prefix}-toy")
         last = gr.Button("My last picture", size="sm", elem_id=f"{prefix}-last")
-    return image, toy, last
+    return image, toy, last, message(prefix)
+
+
+def message(prefix: str) -> gr.Markdown:
+    """The one sentence next to a tab's input that says what is wrong (or what was done), empty otherwise."""
+    return gr.Markdown("", elem_id=f"{prefix}-message", elem_classes=["teaching-message"])
 
 
 def picture_output(label: str, elem_id: str, height: int, **kwargs) -> gr.Image:

@@ -33,6 +33,8 @@ PEEK_CONCURRENCY = 4
 EXPORT_CONCURRENCY_ID = "export"
 MODEL_EVENTS = dict(api_visibility="private", concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=None)
 CHEAP_EVENTS = dict(api_visibility="private", concurrency_limit=None)
+PEEK_EVENTS = dict(api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
+                   show_progress="hidden")  # decodes of stored steps: cheap, but they use the VAE
 
 
 def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | None = None,
@@ -118,6 +120,10 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
                 gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
         with gr.Column(scale=2):
             img.final = components.final_image("img2img")
+    # Checked at upload, not only at Generate: a fake or oversized picture is refused with its message (a toast)
+    # and taken out of the input again.
+    init_image.upload(teaching.check_upload, [init_image], None, **CHEAP_EVENTS).failure(
+        lambda: None, None, init_image, api_visibility="private", queue=False)
     return img, init_image, strength
 
 
@@ -174,7 +180,7 @@ def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         gr.Markdown(texts.EXPLAIN_FORWARD)
         with gr.Row():
             with gr.Column(scale=2):
-                image, toy, last = picture_input("forward")
+                image, toy, last, message = picture_input("forward")
                 t = gr.Slider(0, 999, value=400, step=1, label="timestep t", elem_id="forward-t",
                               info="0 = the clean picture, 999 = pure noise")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="noise seed", elem_id="forward-seed")
@@ -185,11 +191,17 @@ def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
             # show_label=False on every plot here: each figure has its own title, which the label would cover
             schedule = gr.Plot(label="the noise schedule", show_label=False, format="png", elem_id="forward-schedule")
             latents = gr.Plot(label="the noisy latents", show_label=False, format="png", elem_id="forward-latents")
-    toy.click(teaching.toy_picture, [model_choice], image, **CHEAP_EVENTS)
-    last.click(teaching.last_picture, [run_state], image, **CHEAP_EVENTS)
+    _picture_events(model_choice, run_state, image, toy, last, message)
     for trigger in (image.change, t.release, seed.submit):
-        trigger(teaching.forward_view, [model_choice, image, t, seed], [noisy, latents, schedule, text],
+        trigger(teaching.forward_view, [model_choice, image, t, seed], [noisy, latents, schedule, text, message],
                 trigger_mode="always_last", **MODEL_EVENTS)
+
+
+def _picture_events(model_choice, run_state, image, toy, last, message) -> None:
+    """A teaching picture's buttons, and its upload check: a file that is no picture is taken out again."""
+    toy.click(teaching.toy_picture, [model_choice], [image, message], **CHEAP_EVENTS)
+    last.click(teaching.last_picture, [run_state], [image, message], **CHEAP_EVENTS)
+    image.upload(teaching.picture_uploaded, [image], [image], **CHEAP_EVENTS)
 
 
 def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
@@ -197,14 +209,13 @@ def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         gr.Markdown(texts.EXPLAIN_LATENT)
         with gr.Row():
             with gr.Column():
-                image, toy, last = picture_input("latent")
+                image, toy, last, message = picture_input("latent")
             decoded = picture_output("decoded from the latents (VAE round trip)", "latent-decoded", height=240)
         channels = gr.Plot(label="the 4 latent channels", show_label=False, format="png", elem_id="latent-channels")
         text = gr.Markdown(elem_id="latent-text")
-    toy.click(teaching.toy_picture, [model_choice], image, **CHEAP_EVENTS)
-    last.click(teaching.last_picture, [run_state], image, **CHEAP_EVENTS)
-    image.change(teaching.latent_view, [model_choice, image], [decoded, channels, text], trigger_mode="always_last",
-                 **MODEL_EVENTS)
+    _picture_events(model_choice, run_state, image, toy, last, message)
+    image.change(teaching.latent_view, [model_choice, image], [decoded, channels, text, message],
+                 trigger_mode="always_last", **MODEL_EVENTS)
 
 
 def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
@@ -215,6 +226,7 @@ def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         with gr.Row():
             tokenize = gr.Button("Show tokens and embeddings", elem_id="attention-tokenize")
             run = gr.Button("Run and capture attention", variant="primary", elem_id="attention-run")
+        message = components.message("attention")
         with gr.Row():
             tokens = gr.Dataframe(headers=["position", "token", "id", "role"], interactive=False, max_height=300,
                                   label="tokens", elem_id="attention-tokens")
@@ -227,84 +239,106 @@ def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
             with gr.Column(scale=3):
                 step = gr.Slider(0, 1, value=0, step=1, label="step (0 = the whole run)", interactive=False,
                                  elem_id="attention-step")
-                special = gr.Checkbox(value=True, label="show start, end and padding tokens")
-                gallery = gr.Gallery(label="cross-attention per token (bright = attended)", columns=6, height=260,
-                                     object_fit="contain", format="png", elem_id="attention-gallery",
-                                     elem_classes=["teaching-gallery"])
+                special = gr.Checkbox(value=True, label="show start, end and padding tokens",
+                                      elem_id="attention-special")
+        maps = gr.Plot(label="cross-attention per token", show_label=False, format="png", elem_id="attention-maps")
         text = gr.Markdown(elem_id="attention-text")
         captured = gr.State(None, time_to_live=STATE_TTL_S)
-    tokenize.click(teaching.tokens_view, [model_choice, prompt, run_state], [tokens, token_text, embeddings],
+    tokenize.click(teaching.tokens_view, [model_choice, prompt, run_state], [tokens, token_text, embeddings, message],
                    **MODEL_EVENTS)
-    run.click(teaching.attention_run, [model_choice, prompt, run_state], [image, gallery, step, text, captured],
-              **MODEL_EVENTS)
+    run.click(teaching.attention_run, [model_choice, prompt, run_state, special],
+              [image, maps, step, text, captured, message], **MODEL_EVENTS)
     for trigger in (step.release, special.input):
-        trigger(teaching.attention_step, [step, special, captured], [gallery, text], trigger_mode="always_last",
-                **CHEAP_EVENTS)
+        trigger(teaching.attention_step, [step, special, captured], [maps, text, message],
+                trigger_mode="always_last", **CHEAP_EVENTS)
 
 
 def _unet_tab(model_choice: gr.Dropdown) -> None:
     with gr.Tab("U-Net", id="unet"):
         gr.Markdown(texts.EXPLAIN_UNET)
         draw = gr.Button("Draw the selected model's U-Net", elem_id="unet-draw")
+        message = components.message("unet")
         text = gr.Markdown(elem_id="unet-text")
         plot = gr.Plot(label="the U-Net", show_label=False, format="png", elem_id="unet-plot")
         table = gr.Dataframe(headers=unet_diagram.TABLE_HEADERS, interactive=False, label="blocks",
                              elem_id="unet-table")
-    draw.click(teaching.unet_view, [model_choice], [plot, table, text], **CHEAP_EVENTS)
+    draw.click(teaching.unet_view, [model_choice], [plot, table, text, message], **CHEAP_EVENTS)
 
 
 def _cfg_tab(run_state: gr.State) -> None:
     with gr.Tab("CFG experiments", id="cfg") as tab:
         gr.Markdown(texts.EXPLAIN_CFG)
         info = gr.Markdown(texts.NO_RUN, elem_id="cfg-info")
-        gr.Markdown("### Sweep")
+        gr.Markdown("### Sweep: whole runs, same seed, several g")
         with gr.Row():
             scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="guidance scales", scale=3,
                                 info=f"up to {experiments.MAX_SWEEP}; each one is a whole run", elem_id="cfg-scales")
             sweep = gr.Button("Run the sweep", variant="primary", scale=1, elem_id="cfg-sweep")
-        gallery = gr.Gallery(label="same seed, different guidance", columns=6, height=280, object_fit="contain",
-                             format="png", elem_id="cfg-gallery", elem_classes=["teaching-gallery"])
-        with gr.Row():
-            plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png",
-                           elem_id="cfg-plot")
-            table = gr.Markdown(elem_id="cfg-table")
-        gr.Markdown("### What-if at one step")
+        sweep_message = components.message("cfg-sweep")
+        pictures = gr.Plot(label="same seed, different guidance", show_label=False, format="png",
+                           elem_id="cfg-pictures")
+        plot = gr.Plot(label="measures against the guidance scale", show_label=False, format="png", elem_id="cfg-plot")
+        table = gr.Markdown(elem_id="cfg-table")
+        gr.Markdown("### What-if at one step: a one-step extrapolation, not a run")
         with gr.Row():
             step = gr.Slider(1, 2, value=1, step=1, label="step", interactive=False, elem_id="cfg-step")
             scale = gr.Slider(0, 20, value=7.5, step=0.5, label="guidance scale g", elem_id="cfg-scale")
+        what_if_message = components.message("cfg-what-if")
         with gr.Row():
             recorded = picture_output("predicted x0 at the run's own g (VAE decode)", "cfg-recorded", height=200)
-            what_if = picture_output("predicted x0 at the new g (VAE decode)", "cfg-what-if", height=200)
+            what_if = picture_output("what-if: this one step's x0 at the new g (extrapolated, not a run)",
+                                     "cfg-what-if", height=200)
         text = gr.Markdown(elem_id="cfg-text")
     tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info], **CHEAP_EVENTS)
-    sweep.click(teaching.cfg_sweep, [run_state, scales], [gallery, plot, table], **MODEL_EVENTS)
+    sweep.click(teaching.cfg_sweep, [run_state, scales], [pictures, plot, table, sweep_message], **MODEL_EVENTS)
     for trigger in (step.release, scale.release):
-        trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text], trigger_mode="always_last",
-                **MODEL_EVENTS)
+        trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text, what_if_message],
+                trigger_mode="always_last", **MODEL_EVENTS)
 
 
 def _ab_tab(run_state: gr.State) -> None:
     with gr.Tab("Prompt A/B", id="ab"):
         gr.Markdown(texts.EXPLAIN_AB)
         with gr.Row():
-            prompt_b = gr.Textbox(label="Prompt B", placeholder="a small blue square at the top", scale=3,
-                                  elem_id="ab-prompt")
+            prompt_b = gr.Textbox(label="Prompt B", placeholder="e.g. a small blue square at the top (empty = no prompt)",
+                                  scale=3, elem_id="ab-prompt")
             run = gr.Button("Run prompt B from the same noise", variant="primary", scale=1, elem_id="ab-run")
+        message = components.message("ab")
+        with gr.Row(equal_height=True):
+            step = gr.Slider(1, 2, value=1, step=1, label="step (both runs)", interactive=False, elem_id="ab-step",
+                             scale=4)
+            play = gr.Button("▶ Play", size="sm", scale=0, min_width=90, elem_id="ab-play")
+            pause = gr.Button("Pause", size="sm", scale=0, min_width=90, elem_id="ab-pause")
         with gr.Row():
-            image_a = picture_output("A (your last run)", "ab-a", height=220)
-            image_b = picture_output("B", "ab-b", height=220)
-            plot = gr.Plot(label="latent trajectories (PCA)", show_label=False, format="png", elem_id="ab-plot")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    a_xt = picture_output("A: x_t (decode)", "ab-a-xt", height=200)
+                    a_x0 = picture_output("A: x0, predicted (decode)", "ab-a-x0", height=200)
+                with gr.Row():
+                    b_xt = picture_output("B: x_t (decode)", "ab-b-xt", height=200)
+                    b_x0 = picture_output("B: x0, predicted (decode)", "ab-b-x0", height=200)
+            plot = gr.Plot(label="latent trajectories (PCA)", show_label=False, format="png", elem_id="ab-plot", scale=3)
         text = gr.Markdown(elem_id="ab-text")
-    run.click(teaching.ab_run, [run_state, prompt_b], [image_a, image_b, plot, text], **MODEL_EVENTS)
+        ab_state = gr.State(None, time_to_live=STATE_TTL_S)
+        timer = gr.Timer(teaching.PLAY_SECONDS, active=False)
+    pictures = [a_xt, a_x0, b_xt, b_x0, plot]
+    run.click(teaching.ab_run, [run_state, prompt_b], [ab_state, step, *pictures, text, message], **MODEL_EVENTS)
+    step.release(teaching.ab_step, [ab_state, step], [*pictures, message], trigger_mode="always_last",
+                 **PEEK_EVENTS)
+    play.click(teaching.ab_play, [ab_state, step], [timer, step, message], **CHEAP_EVENTS)
+    pause.click(teaching.ab_pause, None, timer, **CHEAP_EVENTS)
+    timer.tick(teaching.ab_tick, [ab_state, step], [timer, step, *pictures], trigger_mode="always_last",
+               **PEEK_EVENTS)
 
 
 def _export_tab(run_state: gr.State) -> None:
     with gr.Tab("Export", id="export"):
         gr.Markdown(texts.EXPLAIN_EXPORT)
         build = gr.Button("Build the zip of my last run", variant="primary", elem_id="export-build")
+        message = components.message("export")
         file = gr.File(label="the run as a zip", interactive=False, elem_id="export-file")
-    build.click(teaching.export_run, [run_state], file, api_visibility="private", concurrency_id=EXPORT_CONCURRENCY_ID,
-                concurrency_limit=2)
+    build.click(teaching.export_run, [run_state], [file, message], api_visibility="private",
+                concurrency_id=EXPORT_CONCURRENCY_ID, concurrency_limit=2)
 
 
 def launch_kwargs() -> dict:

@@ -22,12 +22,12 @@ from PIL import Image
 from sdviz.app import hosting
 from sdviz.app.sessions import PanelRun
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, forward, latent_space, text_attention
+from sdviz.lessons import experiments, export, forward, latent_space, text_attention
 from sdviz.lessons.peek import RgbMap
 from sdviz.pipeline import capture, vae
 from sdviz.pipeline.models import Model, load_model, use_cpu_threads
 from sdviz.pipeline.sampler import denoise
-from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.settings import RunSettings, load_init_image
 from sdviz.pipeline.text import Tokens
 from sdviz.pipeline.trace import StepRecord, Trace
 
@@ -51,6 +51,19 @@ def friendly(fn):
             raise student_error(err) from err
 
     return wrapper
+
+
+class UnreadablePicture(str):
+    """What a teaching tab's picture input passes on instead of a picture it could not read: the message (a plain
+    string, so it crosses to a GPU worker and back like any value)."""
+
+
+def check_picture(path) -> None:
+    """Read a whole uploaded picture (header, pixel count, every pixel), as a run would: SdvizError if it can't."""
+    if isinstance(path, UnreadablePicture):
+        raise SdvizError(str(path))
+    if path is not None:
+        load_init_image(path, 8, 8)
 
 
 # --- The model, ready for the page --------------------------------------------------------------------------
@@ -163,3 +176,14 @@ def what_if(model_name: str, trace: Trace, step: int, scale: float) -> experimen
 def prompt_ab(model_name: str, settings: RunSettings, prompt_b: str, init_image: Image.Image | None,
               trace_a: Trace) -> experiments.PromptAB:
     return experiments.prompt_ab(load_model(model_name), settings, prompt_b, init_image, trace_a=trace_a)
+
+
+def _decode_seconds(model_name: str, trace: Trace) -> int:
+    return hosting.loop_seconds(model_name, trace.settings)
+
+
+@hosting.gpu(duration=_decode_seconds)
+@friendly
+def decode_steps(model_name: str, trace: Trace) -> list[tuple[Image.Image, Image.Image]]:
+    """Every step's x_t and predicted x0 through the VAE decoder (for the export)."""
+    return export.step_decodes(load_model(model_name), trace)

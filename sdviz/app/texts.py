@@ -6,6 +6,12 @@ Kept apart from the layout so a teacher can read (and correct) every sentence a 
 UNREADABLE_PICTURE = "Could not read the starting picture: upload a PNG, JPEG or WebP image."
 PICK_PICTURE = "Pick a picture first: upload one, or press **A toy picture** or **My last picture**."
 NO_RUN = "Generate an image first (Text to image or Image to image): this panel works on your latest run."
+UNREADABLE_UPLOAD = "That file is not a picture this app can read: upload a PNG, JPEG or WebP image."
+OUT_OF_WORLD = ("**Why so poor?** This model's VAE was trained only on toy pictures (one flat shape on a plain light "
+                "background), so it never learnt to encode anything else: a round trip of {psnr:.1f} dB is what it "
+                "does with a picture from outside its world. Stable Diffusion's own VAE, trained on photos, keeps "
+                "them above 25 dB.")
+PROMPT_PLACEHOLDER = "e.g. a big red circle on the left (empty = no prompt)"
 
 EXPLAIN_FORWARD = """**Forward diffusion: the ink spreading on tissue paper.** Training takes a clean picture and
 mixes noise into it, a little at first and then until nothing of the picture is left. In latent space,
@@ -22,7 +28,8 @@ EXPLAIN_TEXT = """**Text conditioning.** The tokenizer cuts the prompt into toke
 padded to a fixed length); the CLIP text encoder turns each token into a vector (the heat map: one row per
 token). The U-Net reads these vectors through its **cross-attention** layers: every latent pixel weighs the
 tokens, and the weights add up to 1. **Run and capture** repeats your last run with this prompt and records
-those weights: the maps show which word "lands" where, over the whole run or at one step."""
+those weights: the maps show which word "lands" where, over the whole run or at one step. All maps share one
+grey scale (white = the most attention), so a brighter map is a word the picture listens to more."""
 
 EXPLAIN_UNET = """**The U-Net: the noise predictor.** It has a *contracting path*
 (encoders: the latent grid shrinks, the channels grow) and an *expansive path* (decoders: the grid grows
@@ -37,12 +44,13 @@ recombine its two stored estimates at another g: the picture shows where that st
 predicted clean latents x0), with no new U-Net call."""
 
 EXPLAIN_AB = """**Prompt A/B.** Prompt A is your last run; prompt B runs with the same seed and settings, so both start
-from exactly the same noise. The plot projects both latent trajectories onto their two main directions
+from exactly the same noise. Move the step (or press **Play**) to watch both runs side by side: x_t and the
+predicted clean picture x0 of each. The plot projects both latent trajectories onto their two main directions
 (PCA): the paths start at one point and drift apart as the U-Net follows different words."""
 
 EXPLAIN_EXPORT = """**Export** your last run as one zip: the final picture, settings.json (to reproduce it),
-trace.npz (every step's tensors, for a notebook), the animation, and every step's panels as PNGs
-(for slides). The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""
+trace.npz (every step's tensors, for a notebook), the animation, and for every step the VAE's pictures of x_t
+and x0 (large, for slides) and the step's panels. The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""
 
 
 EXPLAIN_LATENTS = """**The latents x_t.** Stable Diffusion does not paint pixels: it works on *latents*, a small
@@ -73,6 +81,14 @@ CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-N
             "the embedded model 2: too much overshoots.")
 
 CSS = """
+/* Bold text in one font: Gradio's theme loads Source Sans Pro at 400 and 600, and the 600 file it ships holds only
+   55 glyphs (capital A and B among them), so bold words mixed two fonts ("Prompt A/B" with a different B). Here
+   the same family comes from the complete Regular and Bold files Gradio ships beside it. */
+@font-face { font-family: "sdviz Sans"; font-weight: 100 500; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Regular.woff2") format("woff2"); }
+@font-face { font-family: "sdviz Sans"; font-weight: 600 900; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2"); }
+:root, .gradio-container { --font: "sdviz Sans", ui-sans-serif, system-ui, sans-serif; }
 .peek-figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 190px)); gap: 12px; }
 .peek-figures figure { margin: 0; }
 .peek-figures img, .peek-empty { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
@@ -88,11 +104,12 @@ CSS = """
   padding-top: 30px; box-sizing: border-box; }
 .peek-picture img, .final-picture img, .teaching-picture img { width: 100%; height: 100%; object-fit: contain;
   image-rendering: pixelated; }
-/* The teaching galleries keep their 6 columns with fewer pictures (Gradio would stretch 2 pictures to half the
-   width each, taller than the gallery), below the label. */
-.teaching-gallery .grid-wrap .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)); padding-top: 32px; }
-.teaching-gallery img { image-rendering: pixelated; }
 .explain { font-size: 0.92em; }
 #peek-status { min-height: 1.6em; }
+/* Every tab's label fits one row at a page width of 1024 px (Gradio hides the rest behind a "..." menu). */
+#tabs .tab-container button { padding: 0 9px; }
+/* A teaching tab's message next to its input: one sentence, readable, and no space taken when empty. */
+.teaching-message p { margin: 4px 0; font-size: 1.02em; }
+.teaching-message:empty, .teaching-message .prose:empty { display: none; }
 #peek-numbers table { font-size: 0.9em; }
 """

@@ -255,6 +255,29 @@ def run_animation(rgb_map: RgbMap, trace: Trace, target: int = TILE, frame_ms: i
     return out.getvalue()
 
 
+def decoded_animation(trace: Trace, decodes: Sequence[tuple[Image.Image, Image.Image]], target: int = 256,
+                      frame_ms: int = 200) -> bytes:
+    """A GIF of the run from real VAE decodes: x_t (left) and the predicted x0 (right) at every step, enlarged
+    to about ``target`` pixels with sharp pixels, then the final picture. ``decodes``: one (x_t, x0) per step."""
+    if len(decodes) != len(trace.steps):
+        raise ValueError(f"{len(decodes)} decodes for {len(trace.steps)} steps")
+
+    def big(picture: Image.Image) -> Image.Image:
+        factor = max(1, round(target / max(picture.size)))
+        return picture.convert("RGB").resize((picture.width * factor, picture.height * factor),
+                                             Image.Resampling.NEAREST)
+
+    total = len(trace.steps)
+    frames = [_side_by_side(big(x_t), big(x0), f"step {r.index + 1}/{total}", ("x_t (VAE decode)", "x0 (VAE decode)"))
+              for r, (x_t, x0) in zip(trace.steps, decodes, strict=True)]
+    final = big(trace.image)
+    frames.append(_side_by_side(final, final, "done", ("final picture", "final picture")))
+    durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 8]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return out.getvalue()
+
+
 _CAPTION_H = 14
 
 

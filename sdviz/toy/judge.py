@@ -8,7 +8,8 @@ judge say what came out. It knows nothing about the model; it reads pixels the w
 2. Each pixel's *coverage* says how much of it is shape: 0 = background colour, 1 = the shape's colour
    (anti-aliased edge pixels are in between). The shape's colour is the median of its confident pixels.
 3. The largest connected blob is the shape. Its colour names the nearest toy colour; its bounding box
-   gives the position (the anchor nearest its centre) and the size (half-extent); how much of the box
+   gives the position (the anchor nearest its centre) and the size (half-extent), both measured on the blob's
+   solid body and its rim (a lighter smudge beside it does not count); how much of the box
    it fills gives the shape: a circle fills pi/4 = 0.785 of it, a square all of it, a triangle half,
    and an upright triangle carries 3/4 of its mass in the lower half of its box.
 4. A picture with no clear single shape (blank, noise, mush, several blobs) is flagged with the reasons.
@@ -33,11 +34,13 @@ PLAIN_BORDER = 0.6  # at least this share of the frame must be background-colour
 NEAR_BACKGROUND = 30.0  # RGB distance within which a pixel counts as background colour
 FOREGROUND = 60.0  # RGB distance from the background beyond which a pixel is (partly) shape
 MIN_AREA = 20.0  # pixels (at 64x64): less than this is no shape at all; the smallest drawn one has ~100
+SOLID = 0.7  # coverage from which a pixel is the shape's body, not its rim or a smudge
 MAX_AREA = 0.35  # share of the picture: the biggest drawn shape covers under 20%
 SPECK = 0.15  # a second blob smaller than this share of the main one is a speck, not a second shape
 MAX_COLOUR_DISTANCE = 100.0  # RGB distance from the nearest toy colour beyond which no colour fits
 MAX_BLOTCHINESS = 35.0  # median RGB distance of the shape's pixels from its colour: beyond it, not flat
-MAX_EDGE_WIDTH = 3.0  # pixels: a drawn shape's anti-aliased rim is about 1 wide; wider is mush
+MAX_EDGE_WIDTH = 4.0  # pixels: a drawn shape's rim is about 1 wide, mush (a blur of sigma 2.5) 4.4 or more; the
+# embedded model's squares at guidance 20 ramp over 3.0-3.6 pixels and a person still reads them at a glance
 MAX_SHAPE_DISTANCE = 3.0  # distance from the nearest shape prototype (in its own units) beyond it, no shape
 
 # What each shape looks like to the judge: (share of its bounding box it fills, share of its mass in
@@ -48,6 +51,10 @@ SHAPE_PROTOTYPES: dict[str, tuple[float, float]] = {
     "triangle": (0.5, 0.75),
 }
 FILL_SCALE, BOTTOM_SCALE = 0.07, 0.06
+# A square whose corners come out rounded (a model's soft edges, or guidance that overshoots) fills less of its box
+# than a drawn one, down to about 0.83 for a small one; a circle cannot fill more than pi/4 plus its rim. So a
+# square's fill may stray further: the circle/square boundary sits at a fill of 0.82, not halfway (0.89).
+SQUARE_FILL_SCALE = 0.35
 # Small shapes have half-extents up to 0.14 of the side, big ones from 0.19: split in the middle.
 SIZE_THRESHOLD = (world.HALF_EXTENT["small"][1] + world.HALF_EXTENT["big"][0]) / 2
 
@@ -190,6 +197,13 @@ def _measure(pixels: np.ndarray, background: np.ndarray, distance: np.ndarray,
     edge_width = float(np.sum((coverage > 0.1) & (coverage < 0.9))) / (4 * math.sqrt(area))
     if edge_width > MAX_EDGE_WIDTH:
         problems.append(f"blurry edges ({edge_width:.1f} pixels wide)")
+    # The box, the fill and the mass are measured on the blob's solid body and its rim only: a faint smudge or
+    # halo beside the shape (guidance that overshoots smears lighter paint beside it) would stretch the box
+    # beyond the one a person would draw around the shape. A drawn shape loses nothing (its rim is 1 pixel).
+    body = inside & (coverage >= SOLID)
+    if body.any():
+        coverage = coverage * _grow(body)
+        area = float(coverage.sum())
     colour, colour_distance = _nearest_colour(rgb)
     if colour_distance > MAX_COLOUR_DISTANCE:
         problems.append(f"odd colour ({_rgb_tuple(rgb)} is none of the toy colours)")
@@ -244,7 +258,8 @@ def _nearest_colour(rgb: np.ndarray) -> tuple[str, float]:
 def _nearest_shape(fill: float, bottom_share: float) -> tuple[str, float]:
     def distance(shape: str) -> float:
         f, b = SHAPE_PROTOTYPES[shape]
-        return math.hypot((fill - f) / FILL_SCALE, (bottom_share - b) / BOTTOM_SCALE)
+        scale = SQUARE_FILL_SCALE if shape == "square" and fill > SHAPE_PROTOTYPES["circle"][0] else FILL_SCALE
+        return math.hypot((fill - f) / scale, (bottom_share - b) / BOTTOM_SCALE)
 
     name = min(SHAPE_PROTOTYPES, key=distance)
     return name, distance(name)
