@@ -161,14 +161,23 @@ def test_page_values_become_run_settings():
             check_settings(run_settings(**args))
 
 
+def test_the_dropdown_says_which_models_need_internet(tiny_model_dir):
+    for hub in KNOWN_HUB_MODELS:
+        assert components.model_label(hub) == f"{hub} (hub: needs internet)"
+    assert "offline" in components.model_label(EMBEDDED)
+    assert components.model_label(str(tiny_model_dir)) == str(tiny_model_dir)  # a folder here needs nothing
+
+
 def test_the_model_allow_list_comes_from_the_environment():
     assert allowed_models({}) == [EMBEDDED, *KNOWN_HUB_MODELS]
     assert allowed_models({"SDVIZ_MODELS": " embedded, a/b ,"}) == ["embedded", "a/b"]
 
 
 def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
-    with pytest.raises(gr.Error, match="Could not load"):
-        load_for_app(MISSING_MODEL)
+    with pytest.raises(gr.Error, match="Could not load") as err:
+        load_for_app(MISSING_MODEL)  # offline (the tests set HF_HUB_OFFLINE): one plain sentence that says so
+    assert "no internet" in err.value.message and "stacktrace" not in err.value.message
+    assert err.value.message.count(". ") == 0 and len(err.value.message) < 200
     demo = build_demo([MISSING_MODEL])
     assert isinstance(demo, gr.Blocks)
 
@@ -226,3 +235,26 @@ def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir
 def test_an_error_in_the_loop_reaches_the_page_as_a_gr_error(tiny_model_dir, panel_and_states):
     with pytest.raises(gr.Error, match="Unknown scheduler"):
         list(playground.live_run(*panel_and_states, str(tiny_model_dir), RunSettings(prompt="x", steps=4, scheduler="nope")))
+
+
+def test_words_the_embedded_kind_of_model_never_learned_are_named_as_a_warning(tiny_model):
+    note, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a big dog on the left", steps=2))
+    assert note == "" and len(warnings) == 1
+    assert warnings[0].startswith("'dog' is not in this model's vocabulary: it became d·o·g and is ignored")
+    assert "red" in warnings[0] and "circle" in warnings[0]  # the words it knows
+    _, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a big red circle, 2!", steps=2))
+    assert warnings == []  # punctuation and numbers are no words
+    _, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a dog", negative_prompt="cat dog"))
+    assert [w.split(":")[0] for w in warnings] == ["'dog' is not in this model's vocabulary"] + [
+        f"'{w}' is not in this model's vocabulary" for w in ("cat", "dog")]
+    assert "(the negative prompt still runs)" in warnings[-1]
+
+
+def test_only_a_toy_tokenizer_gets_the_unknown_word_warning(tiny_model, monkeypatch):
+    from sdviz.toy import model as toy_model
+
+    assert toy_model.is_toy_tokenizer(tiny_model.tokenizer)
+    big = toy_model.build_tokenizer(tuple(f"w{i:04d}x" for i in range(1500)))  # the size of a real vocabulary
+    assert not toy_model.is_toy_tokenizer(big)
+    monkeypatch.setattr(playground, "is_toy_tokenizer", lambda tokenizer: False)  # e.g. SD's CLIP tokenizer
+    assert playground.prompt_notes(tiny_model, RunSettings(prompt="a dog"))[1] == []

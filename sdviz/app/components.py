@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdviz.app import texts
 from sdviz.app.gradio_internals import no_stub_files
-from sdviz.app.services import student_error
+from sdviz.app.services import is_hub_id, student_error
 from sdviz.lessons import peek
 from sdviz.pipeline.models import EMBEDDED, Model
 from sdviz.pipeline.schedulers import SCHEDULERS, scheduler_name
@@ -64,8 +64,11 @@ with no_stub_files():
 
 
 def model_label(name: str) -> str:
+    """The model's name in the dropdown and the status line: where it comes from, and whether it needs internet."""
     if name == EMBEDDED:
         return "embedded: tiny toy-world SD (offline)"
+    if is_hub_id(name):
+        return f"{name} (hub: needs internet)"
     return name
 
 

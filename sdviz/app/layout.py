@@ -121,13 +121,18 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
 def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -> None:
     """Generate, Stop and the dice of both tabs, what follows a run, and the step slider."""
     txt, img, panel = page.txt, page.img, page.panel
-    events = []
     for controls, handler, inputs, name in (
         (txt, playground.txt2img, [txt.prompt, txt.negative_prompt, txt.steps, txt.guidance_scale, txt.seed,
                                    txt.scheduler], "txt2img"),
         (img, playground.img2img, [init_image, img.prompt, img.negative_prompt, page.strength, img.steps,
                                    img.guidance_scale, img.seed, img.scheduler], "img2img"),
     ):
+        # First, at once (not queued): the session's run still going, started in either tab, is asked to stop,
+        # so it frees its slot and the new run takes the panel. This listener must come before the generate event:
+        # the page runs a button's listeners one after the other, each to its end, so a listener after the event
+        # (such as a `cancels=` of the other tab's run) would only fire once this run had finished, and would then
+        # cancel a run started after it.
+        controls.generate.click(bind(playground.replace_run, page), None, None, api_visibility="private", queue=False)
         # The API result: (final picture, status, step, latents, noise, numbers, plot, decodes..., animation)
         outputs = [controls.final, *panel.all_outputs(), page.run_state]
         event = controls.generate.click(
@@ -141,11 +146,6 @@ def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -
                             api_visibility="private", queue=False)
         controls.dice.click(lambda: random.randint(0, playground.UI_MAX_SEED), None, controls.seed,
                             api_visibility="private", concurrency_limit=None, queue=False)
-        events.append(event)
-    # One panel, one run: starting text to image stops a run of image to image, and the other way round.
-    txt_event, img_event = events
-    txt.generate.click(None, cancels=[img_event])
-    img.generate.click(None, cancels=[txt_event])
     panel.step.input(bind(playground.show_step, page), [panel.step],
                      [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode], api_visibility="private",
                      concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,

@@ -29,7 +29,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from sdviz.app import hosting, services
+from sdviz.app import hosting, services, texts
 from sdviz.app.components import (
     DEFAULT_SCHEDULER,
     GenerateControls,
@@ -50,6 +50,7 @@ from sdviz.pipeline.sampler import expected_steps
 from sdviz.pipeline.settings import MAX_SEED, RunSettings, check_settings
 from sdviz.pipeline.text import tokenize
 from sdviz.pipeline.trace import StepRecord, Trace
+from sdviz.toy.model import is_toy_tokenizer, known_words, unknown_words
 
 UI_MAX_SEED = 2**32 - 1  # what the dice makes (typed seeds may go up to MAX_SEED, like the CLI's)
 MAX_PROMPT_CHARS = 2000  # far beyond what the text encoder reads; longer text is refused
@@ -144,16 +145,20 @@ def _number(value, what: str) -> float:
 
 def prompt_notes(model: Model, settings: RunSettings) -> tuple[str, list[str]]:
     """What to tell the student about the prompts before the run: a note for the status line (empty prompt:
-    unconditional generation) and warnings naming the words a too-long prompt loses."""
+    unconditional generation) and warnings: the words a too-long prompt loses, and, for a model with a toy
+    tokenizer (the embedded one), the words it never learned."""
     note = ("Empty prompt: **unconditional generation** (the model draws without any text to follow). "
             if not settings.prompt.strip() else "")
     warnings = []
     for what, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
-        dropped = tokenize(model.tokenizer, text).dropped_words if text else []
+        if not text:
+            continue
+        if is_toy_tokenizer(model.tokenizer):
+            warnings.extend(texts.unknown_word(what, w.word, w.pieces, known_words(model.tokenizer))
+                            for w in unknown_words(model.tokenizer, text))
+        dropped = tokenize(model.tokenizer, text).dropped_words
         if dropped:
-            shown = " ".join(dropped[:40]) + (f" … ({len(dropped) - 40} more)" if len(dropped) > 40 else "")
-            warnings.append(f"The {what} is longer than the {model.tokenizer.model_max_length} tokens the text "
-                            f"encoder reads, so it was cut. Dropped ({len(dropped)} words): {shown}")
+            warnings.append(texts.too_long(what, model.tokenizer.model_max_length, dropped))
     return note, warnings
 
 
@@ -171,8 +176,8 @@ def txt2img(page: Page, prompt, negative_prompt, steps, guidance_scale, seed, sc
         check_settings(settings)
     except SdvizError as err:
         raise student_error(err) from err
-    run = page.runs.start(_session(request), model_name, expected_steps(settings, img2img=False))
-    yield from live_run(page.panel, page.txt.final, page.run_state, model_name, settings, run=run)
+    run, current = _start_run(page, request, model_name, expected_steps(settings, img2img=False))
+    yield from live_run(page.panel, page.txt.final, page.run_state, model_name, settings, run=run, current=current)
 
 
 def img2img(page: Page, image, prompt, negative_prompt, strength, steps, guidance_scale, seed, scheduler, model_name,
@@ -184,12 +189,37 @@ def img2img(page: Page, image, prompt, negative_prompt, strength, steps, guidanc
         check_settings(settings, img2img=True)
     except SdvizError as err:
         raise student_error(err) from err
-    run = page.runs.start(_session(request), model_name, expected_steps(settings, img2img=True))
-    yield from live_run(page.panel, page.img.final, page.run_state, model_name, settings, init_image=image, run=run)
+    run, current = _start_run(page, request, model_name, expected_steps(settings, img2img=True))
+    yield from live_run(page.panel, page.img.final, page.run_state, model_name, settings, init_image=image, run=run,
+                        current=current)
+
+
+def replace_run(page: Page, request: gr.Request = None) -> None:
+    """Generate was pressed (in either tab): the session's run still going is asked to stop now, before the new
+    run's event joins the queue. It ends after the step it is on and frees its slot, so the new run starts at once
+    (the page runs this before the generate event; see :func:`sdviz.app.layout._wire_playground`)."""
+    _stop(page.runs.latest(_session(request)))
+
+
+def _stop(run: PanelRun | None) -> None:
+    if run is not None and not run.ended.is_set():
+        run.stop_requested.set()
+
+
+def _start_run(page: Page, request: gr.Request | None, model_name: str,
+               expected: int) -> tuple[PanelRun, Callable[[], bool]]:
+    """The session's new run, replacing its previous one (asked to stop if it is still going, whichever tab or API
+    call started it), and a check that it is still the session's latest."""
+    session = _session(request)
+    _stop(page.runs.latest(session))
+    run = page.runs.start(session, model_name, expected)
+    if session is None:  # called outside a server: no session, nothing can replace it
+        return run, lambda: True
+    return run, lambda: page.runs.is_latest(session, run)
 
 
 def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name: str, settings: RunSettings,
-             init_image=None, run: PanelRun | None = None) -> Iterator[dict]:
+             init_image=None, run: PanelRun | None = None, current: Callable[[], bool] = lambda: True) -> Iterator[dict]:
     """The generate event: run the loop, showing its steps in the panel as they are computed, then the
     final picture and the trace (into ``run_state``, the session's latest finished run).
 
@@ -200,7 +230,8 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
     the next step only after that). So a step is shown when the waiting so far stays within
     ``LIVE_BUDGET`` of the run's time. The loop ends at the step it is on when this generator is closed
     (Gradio's cancel, or the tab closing) or when ``run.stop_requested`` is set (the Stop button): then the
-    last update shows the stopped run.
+    last update shows the stopped run, unless ``current()`` says a newer run of the session replaced it (then the
+    newer run owns the panel, and this one's end is not shown).
     """
     img2img = init_image is not None
     try:
@@ -230,9 +261,13 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
         steps.close()  # ends the loop here (it may be mid-run)
         run.end(STOPPED)  # unless it already ended as DONE or FAILED
     if run.outcome == STOPPED:
-        yield _stopped_view(panel, model, run)
+        if current():
+            yield _stopped_view(panel, model, run)
         return
     trace = run.trace
+    if not current():  # finished just as a newer run replaced it: only its own tab's picture
+        yield {final: trace.image}
+        return
     values = frame_values(panel, model, trace.steps[-1], len(trace.steps))
     values.update({
         final: trace.image,
@@ -313,6 +348,12 @@ def request_stop(page: Page, request: gr.Request = None) -> None:
         run.stop_requested.set()
 
 
+def unchanged() -> dict:
+    """What a follow-up handler returns to leave all its outputs as they are. Not ``{}``: Gradio reads an empty dict
+    as *one* output value, and an event with several outputs then fails ("didn't return enough output values")."""
+    return gr.skip()
+
+
 def settle(page: Page, request: gr.Request = None) -> dict:
     """After a generate event ended (finished, stopped or failed): bring the panel to the run's end state.
     Finished: full decodes of the last step, the animation, the final plot. Stopped: the step it stopped
@@ -321,14 +362,14 @@ def settle(page: Page, request: gr.Request = None) -> dict:
     session = _session(request)
     run = page.runs.latest(session)
     if run is None:
-        return {}
+        return unchanged()
     if run.outcome == RUNNING and run.stop_requested.is_set():
         run.ended.wait(SETTLE_WAIT_S)  # the step in progress finishes first
     if not run.ended.is_set():
-        return {}  # a new run is going: it updates the panel itself
+        return unchanged()  # a new run is going: it updates the panel itself
     panel = page.panel
     if run.outcome == FAILED:
-        return {panel.status: f"The run failed: {run.error}"} if page.runs.is_latest(session, run) else {}
+        return {panel.status: f"The run failed: {run.error}"} if page.runs.is_latest(session, run) else unchanged()
     if not run.steps:
         return {panel.status: "Stopped before the first step."}
     model = services.load_for_app(run.model)
@@ -340,7 +381,7 @@ def settle(page: Page, request: gr.Request = None) -> dict:
         values[panel.plot] = peek.schedule_figure(run.steps, last, len(run.steps))
     else:
         values.update(_stopped_view(panel, model, run))
-    return values if page.runs.is_latest(session, run) else {}
+    return values if page.runs.is_latest(session, run) else unchanged()
 
 
 def show_step(page: Page, step, request: gr.Request = None) -> dict:
@@ -348,7 +389,7 @@ def show_step(page: Page, step, request: gr.Request = None) -> dict:
     session = _session(request)
     run = page.runs.latest(session)
     if run is not None and not run.ended.is_set():
-        return {}  # a run is going: the slider follows it
+        return unchanged()  # a run is going: the slider follows it
     if run is None or not run.steps:
         raise student_error("There is no run to look at in this session yet (or it expired): press Generate.")
     model = services.load_for_app(run.model)
@@ -359,7 +400,7 @@ def show_step(page: Page, step, request: gr.Request = None) -> dict:
     values[page.panel.plot] = peek.schedule_figure(run.steps, index, n)
     what = "the last run" if run.outcome == DONE else "the stopped run"
     values[page.panel.status] = f"Showing step **{index + 1} / {n}** of {what}."
-    return values if page.runs.is_latest(session, run) else {}
+    return values if page.runs.is_latest(session, run) else unchanged()
 
 
 # --- The model, and the session's end -----------------------------------------------------------------------

@@ -66,6 +66,20 @@ EXPLAIN_PLOT = """**The schedule.** Sigma is how much noise is left in x_t: the 
 from pure noise to almost none. Below: the spread of x_t shrinks towards that of a clean latent,
 while the predicted x0 settles down. The red line marks the step you are looking at."""
 
+def unknown_word(what: str, word: str, pieces: tuple[str, ...], known: list[str]) -> str:
+    """A word of the prompt that the model's tokenizer has no token for (a toy tokenizer: the embedded model)."""
+    return (f"'{word}' is not in this model's vocabulary: it became {'·'.join(pieces)} and is ignored "
+            f"(the {what} still runs). The words it learned (besides single letters): {', '.join(known)}.")
+
+
+def too_long(what: str, max_tokens: int, dropped: list[str]) -> str:
+    """A prompt longer than the model's text encoder reads (``max_tokens``: its tokenizer's model_max_length,
+    counting the start and end tokens)."""
+    shown = " ".join(dropped[:40]) + (f" … ({len(dropped) - 40} more)" if len(dropped) > 40 else "")
+    return (f"The {what} is longer than the {max_tokens} tokens this model's text encoder reads (start and end "
+            f"tokens included), so it was cut. Dropped ({len(dropped)} words): {shown}")
+
+
 WAITING = "appears when you press Generate"
 LATENT_CAPTIONS = ("x_t: the 4 latent channels", "x_t in colour (approximate)", "predicted x0 (approximate)")
 CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-Net pass per step). SD 1.5 likes 7.5; "
