@@ -13,11 +13,14 @@ only a ``gr.Error``'s message comes back from the worker. Everywhere else they a
 from __future__ import annotations
 
 import functools
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
 from sdviz.app import hosting
@@ -31,6 +34,8 @@ from sdviz.pipeline.sampler import denoise
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.text import Tokens
 from sdviz.pipeline.trace import StepRecord, Trace
+from sdviz.toy import world
+from sdviz.toy.model import is_toy_tokenizer
 
 # --- Errors a student sees ---------------------------------------------------------------------------------
 
@@ -66,6 +71,7 @@ def load_for_app(name: str) -> Model:
         raise student_error(_load_message(name, err)) from err
     use_cpu_threads(model)  # as the CLI does: same pixels, and a small model's loop is not slowed by idle threads
     preview_map(model)
+    decodes_are_cheap(model)
     return model
 
 
@@ -95,12 +101,48 @@ def preview_map(model: Model) -> RgbMap:
     """The model's fitted latent -> RGB map for the fast previews (fitted once; kept in ``model.derived``)."""
     if hosting.zero_gpu() and "rgb_map" not in model.derived:  # fitting uses the VAE: only a GPU worker may
         model.derived["rgb_map"] = fit_preview_colours(model.name)
-    return vae.preview_map(model)
+    return vae.preview_map(model, preview_cards(model))
+
+
+def preview_cards(model: Model) -> list[Image.Image] | None:
+    """Pictures like the model's own to fit its preview on: the toy world's, for a model of the embedded kind
+    (:func:`sdviz.toy.model.is_toy_tokenizer`); otherwise None (:func:`sdviz.pipeline.vae.preview_cards`)."""
+    if not is_toy_tokenizer(model.tokenizer):
+        return None
+    rng = random.Random(0)
+    return [world.draw(world.random_scene(rng), size=model.recommended.width) for _ in range(32)]
 
 
 @hosting.gpu(duration=30)
 def fit_preview_colours(model_name: str) -> RgbMap:
-    return vae.preview_map(load_model(model_name))
+    model = load_model(model_name)
+    return vae.preview_map(model, preview_cards(model))
+
+
+CHEAP_DECODE_S = 0.05  # a VAE decode at most this long is made for every live frame (else: the fast preview)
+BIG_DECODER_PARAMS = 10_000_000  # on a CPU, a decoder this big is not cheap (SD's: 49 M), no need to time it
+
+
+def decodes_are_cheap(model: Model) -> bool:
+    """Whether live frames can show real VAE decodes: one decode of the model's own picture size takes at most
+    ``CHEAP_DECODE_S`` (timed once per model; the embedded model: about 0.02 s on one CPU thread). On ZeroGPU
+    never (each decode would need a GPU worker)."""
+    if hosting.zero_gpu():
+        return False
+    if "decode_s" not in model.derived:
+        params = sum(p.numel() for p in model.vae.decoder.parameters())
+        if model.device.type == "cpu" and params > BIG_DECODER_PARAMS:
+            model.derived["decode_s"] = float("inf")
+        else:
+            f, rec = model.vae_scale_factor, model.recommended
+            latents = torch.zeros(1, model.vae.config.latent_channels, rec.height // f, rec.width // f)
+            times = []
+            for _ in range(2):  # the first call pays for lazy set-up
+                started = time.perf_counter()
+                vae.decode_to_pil(model, latents)
+                times.append(time.perf_counter() - started)
+            model.derived["decode_s"] = times[-1]
+    return model.derived["decode_s"] <= CHEAP_DECODE_S
 
 
 # --- The playground: the loop, and full decodes of its steps --------------------------------------------------
