@@ -185,7 +185,7 @@ def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
 @pytest.fixture
 def panel_and_states():
     with gr.Blocks():
-        panel = components.peek_panel()
+        panel = components.peek_panel(None)
         final = gr.Image()
         run_state = gr.State()
     return panel, final, run_state
@@ -218,7 +218,8 @@ def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, pa
     settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
     updates = list(playground.live_run(panel, final, run_state, str(tiny_model_dir), settings))
     live = [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
-    assert live and all(u[panel.latents].count("data:image/png;base64,") == 3 for u in live)
+    assert live and all(u[panel.latents].count("data:image/png;base64,") == 1 for u in live)
+    assert all(u[panel.live].count("data:image/png;base64,") == 3 for u in live)  # x_t, x0, the guided noise
     assert all(u[panel.noise].count("data:image/png;base64,") == 4 for u in live)
     trace = updates[-1][run_state]
     assert [s.index for s in trace.steps] == list(range(6))

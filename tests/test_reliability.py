@@ -144,7 +144,7 @@ class Tab:
 
     def generate(self, prompt: str, steps: int, until: str) -> str:
         """Start a run and wait for its first message of kind ``until`` (process_generating, process_completed)."""
-        data = [prompt, "", steps, 5.0, 0, "default", None]  # the last: the model State (kept by the server)
+        data = [prompt, "", steps, 5.0, 0, "default", None, None]  # the last two: States (kept by the server)
         return self.join(self.fn_index["txt2img"], data, until)
 
     def join(self, fn_index: int, data: list, until: str | None = None) -> str:
@@ -259,7 +259,8 @@ def test_generate_in_the_other_tab_replaces_the_run_going_and_every_follow_up_an
         image = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
         tab.run(tab.fn_index["replace_run"], [])
         started = time.monotonic()
-        img = tab.join(tab.fn_index["img2img"], [image, "a blue circle", "", 0.8, 10, 5.0, 0, "default", None])
+        img = tab.join(tab.fn_index["img2img"], [image, "a blue circle", "", 0.8, 10, 5.0, 0, "default", None,
+                                                       None])
         assert tab.wait(txt, "process_completed")["success"]
         assert first.outcome == STOPPED and len(first.steps) < 100
         tab.wait(img, "process_starts")
@@ -357,7 +358,7 @@ def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_old
     assert page.value(settled, "peek-step").maximum == max(len(run.steps), 2)
     shown = page.call("show_step", 1)
     assert page.value(shown, "peek-status") == f"Showing step **1 / {len(run.steps)}** of the stopped run."
-    assert isinstance(page.value(shown, "peek-xt-decode"), Image.Image)
+    assert page.value(shown, "peek-live").count("data:image/png;base64,") == 3  # x_t, x0 decoded, guided noise
 
 
 def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeypatch):
@@ -370,14 +371,14 @@ def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeyp
     newer.close()
 
     list(page.generate("a blue square", 4))  # a newer run starts while the follow-up is being made
-    real_animation = peek.run_animation
+    real_animation = peek.decode_animation
 
-    def animation_then_new_run(rgb_map, trace):
-        gif = real_animation(rgb_map, trace)
+    def animation_then_new_run(frames, final):
+        gif = real_animation(frames, final)
         page_demo.sdviz_page.runs.start("session-3", page.demo_model, 100)
         return gif
 
-    monkeypatch.setattr(peek, "run_animation", animation_then_new_run)
+    monkeypatch.setattr(peek, "decode_animation", animation_then_new_run)
     assert page.call("settle") == playground.unchanged()
 
 

@@ -256,23 +256,24 @@ def live_html(pictures: dict[str, Image.Image | None], real: bool, at_start: boo
     if at_start and real:
         captions["x_t"] = texts.NOISE_AT_START
     return figures_html([(captions[k], pictures.get(k)) for k in texts.LIVE_CAPTIONS], texts.WAITING,
-                        css_class="peek-figures live-figures")
+                        css_class="peek-figures live-figures", photos={0, 1})
 
 
 def figures_html(figures: list[tuple[str, Image.Image | None]],
                  missing: str = "not computed: CFG ≤ 1 means one U-Net pass, with the prompt",
-                 scales: list[float | None] | None = None, css_class: str = "peek-figures") -> str:
+                 scales: list[float | None] | None = None, css_class: str = "peek-figures",
+                 photos: set[int] = frozenset()) -> str:
     """Captioned pictures in a row, inlined as image data: the page needs no extra request per picture
     (on a small model, serving those requests slowed the loop more than drawing the pictures did).
     ``scales``: a signed colour scale per picture, drawn as a legend under it (blue -s, white 0, red +s).
-    Pictures up to 256 pixels a side are PNG; larger ones (a big model's decodes) are shrunk to 256 and sent as
-    JPEG, to keep each streamed step small."""
+    Pictures are PNG (crisp blocks), except the ``photos`` (indices: decodes) larger than 256 pixels a side (a big
+    model's), which are shrunk to 256 and sent as JPEG, to keep each streamed step small."""
     cells = []
     for i, (caption, picture) in enumerate(figures):
         if picture is None:
             body = f'<div class="peek-empty">{missing}</div>'
         else:
-            body = f'<img src="{_data_url(picture)}" alt="{caption}">'
+            body = f'<img src="{_data_url(picture, i in photos)}" alt="{caption}">'
         scale = scales[i] if scales else None
         legend = (f'<div class="peek-legend"><span>−{scale:.2g}</span><span>0</span><span>+{scale:.2g}</span></div>'
                   if scale is not None and picture is not None else "")
@@ -280,9 +281,9 @@ def figures_html(figures: list[tuple[str, Image.Image | None]],
     return f'<div class="{css_class}">{"".join(cells)}</div>'
 
 
-def _data_url(picture: Image.Image) -> str:
+def _data_url(picture: Image.Image, photo: bool = False) -> str:
     out = io.BytesIO()
-    if max(picture.size) > 256:
+    if photo and max(picture.size) > 256:
         picture = picture.convert("RGB")
         picture.thumbnail((256, 256), Image.Resampling.LANCZOS)
         picture.save(out, format="JPEG", quality=88)
