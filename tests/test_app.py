@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import math
+import re
+import time
 
 import gradio as gr
 import httpx
@@ -22,8 +25,9 @@ from sdviz.app.playground import run_settings
 from sdviz.app.services import load_for_app
 from sdviz.cli import main as cli
 from sdviz.errors import SdvizError
+from sdviz.pipeline import vae
 from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline.sampler import denoise, generate
 from sdviz.pipeline.settings import RunSettings, check_settings
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
@@ -259,3 +263,40 @@ def test_only_a_toy_tokenizer_gets_the_unknown_word_warning(tiny_model, monkeypa
     assert not toy_model.is_toy_tokenizer(big)
     monkeypatch.setattr(playground, "is_toy_tokenizer", lambda tokenizer: False)  # e.g. SD's CLIP tokenizer
     assert playground.prompt_notes(tiny_model, RunSettings(prompt="a dog"))[1] == []
+
+
+def data_pictures(html: str) -> list[np.ndarray]:
+    """The pictures inlined in a panel's HTML, in order."""
+    found = re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', html)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
+
+
+def test_live_frames_show_real_decodes_of_that_steps_latents(app, tiny_model):
+    """Through the server: each streamed x_t and predicted-x0 picture equals the full VAE decode of that step's
+    recorded latents, pixel for pixel (the run recomputed here: same settings, same pixels)."""
+    _, client = app
+    job = client.submit("a red circle", "", 12, 5.0, 3, "ddim", api_name="/txt2img")
+    updates = list(job)
+    trace = generate(tiny_model, RunSettings(prompt="a red circle", steps=12, guidance_scale=5.0, seed=3,
+                                             scheduler="ddim"))
+    live = [(u[1], u[3]) for u in updates if isinstance(u[1], str) and u[1].startswith("Step")]
+    assert live
+    for status, html in live:
+        index = int(re.search(r"Step \*\*(\d+) /", status).group(1)) - 1
+        x_t, x0, guided = data_pictures(html)
+        record = trace.steps[index]
+        assert np.array_equal(x0, np.asarray(vae.decode_to_pil(tiny_model, record.pred_x0).convert("RGB")))
+        assert np.array_equal(x_t, np.asarray(vae.decode_to_pil(tiny_model, record.latents).convert("RGB")))
+        assert "real VAE decodes" in status
+
+
+def test_slow_motion_shows_every_step(tiny_model_dir, panel_and_states):
+    panel = panel_and_states[0]
+    settings = RunSettings(prompt="a red circle", steps=20, guidance_scale=5.0, scheduler="ddim")
+    started = time.perf_counter()
+    updates = list(playground.live_run(*panel_and_states, str(tiny_model_dir), settings, slow=True))
+    steps = [re.search(r"Step \*\*(\d+) /", u[panel.status]).group(1) for u in updates
+             if str(u.get(panel.status, "")).startswith("Step")]
+    assert steps == [str(i) for i in range(1, 21)]  # every step, in order
+    assert time.perf_counter() - started >= 20 * playground.SLOW_MOTION_S * 0.9
+    assert all(panel.plot in u for u in updates if str(u.get(panel.status, "")).startswith("Step"))  # plot live
