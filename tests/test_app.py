@@ -300,3 +300,37 @@ def test_slow_motion_shows_every_step(tiny_model_dir, panel_and_states):
     assert steps == [str(i) for i in range(1, 21)]  # every step, in order
     assert time.perf_counter() - started >= 20 * playground.SLOW_MOTION_S * 0.9
     assert all(panel.plot in u for u in updates if str(u.get(panel.status, "")).startswith("Step"))  # plot live
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory):
+    """A model whose numbers differ from the embedded one's: 24 tokens, 3 latent channels, a VAE that shrinks 2x."""
+    from conftest import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("other-sd")
+    build_tiny_pipeline(max_tokens=24, latent_channels=3).save_pretrained(path)
+    return path
+
+
+def test_every_text_that_quotes_a_number_reads_it_from_the_model(other_model_dir, tiny_model_dir):
+    from sdviz.app import texts
+    from sdviz.pipeline.models import load_model
+
+    model = load_model(other_model_dir, device="cpu")
+    assert model.tokenizer.model_max_length == 24 and model.vae.config.latent_channels == 3
+    f, side = model.vae_scale_factor, model.recommended.width // model.vae_scale_factor
+    shape, ratio = f"{side} x {side} x 3", f"{f * f * 3 / 3:g}x fewer numbers"
+    latents_text = texts.explain_latents(model)
+    assert shape in latents_text and ratio in latents_text and f"3 numbers for every {f} x {f} block" in latents_text
+    assert "3 channels" in latents_text and "48x" not in latents_text and "4 channels" not in latents_text
+    note = components.model_note(model)
+    assert shape in note and ratio in note and "reads 24 tokens" in note
+    _, warnings = playground.prompt_notes(model, RunSettings(prompt=" ".join(["a red circle"] * 12)))
+    assert len(warnings) == 1 and "the 24 tokens" in warnings[0] and "77" not in warnings[0]
+    # the page changes them with the model
+    demo = build_demo([str(tiny_model_dir), str(other_model_dir)])
+    page = demo.sdviz_page
+    updates = playground.choose_model(page, str(other_model_dir), str(tiny_model_dir))
+    assert updates[page.panel.latents_text] == latents_text and updates[page.model_info] == note
+    back = playground.choose_model(page, str(tiny_model_dir), str(other_model_dir))
+    assert "4 numbers for every" in back[page.panel.latents_text]

@@ -66,7 +66,7 @@ def explain_latents(model) -> str:
             f"{c} numbers for every {f} x {f} block of pixels: this model's {picture_shape(model)} pictures are "
             f"{latent_shape(model)} latents, **{compression_ratio(model):g}x fewer numbers** (the VAE translates "
             f"between the two). Each tile is one of the {c} channels (red = positive, blue = negative, white = 0, "
-            f"on the colour scale printed beside it). At the first step they are pure random noise; watch "
+            f"on the colour scale printed under it). At the first step they are pure random noise; watch "
             f"structure appear.")
 
 
