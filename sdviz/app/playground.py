@@ -280,14 +280,15 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
         yield {final: trace.image}
         return
     n = len(trace.steps)
-    values = frame_values(panel, model, run, n - 1, n, live=False)
-    values.update({
+    # Only the picture and the status: the last step's panel (its decodes, the final plot) and the animation come
+    # from the page's follow-up (settle), so the final picture is not held up by them.
+    yield {
         final: trace.image,
         panel.step: gr.Slider(maximum=max(n, 2), value=n, interactive=True),
         panel.status: (f"{note}Done: {n} steps in {trace.seconds:.2f} s ({trace.scheduler}, "
                        f"CFG {'on' if trace.guidance else 'off'}). Press ▶ Play or move the step slider."),
-    })
-    yield values | {run_state: trace}
+        run_state: trace,
+    }
 
 
 def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator[StepRecord | Trace], expected: int,
