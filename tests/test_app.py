@@ -334,3 +334,16 @@ def test_every_text_that_quotes_a_number_reads_it_from_the_model(other_model_dir
     assert updates[page.panel.latents_text] == latents_text and updates[page.model_info] == note
     back = playground.choose_model(page, str(tiny_model_dir), str(other_model_dir))
     assert "4 numbers for every" in back[page.panel.latents_text]
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_the_plots_text_says_what_the_plotted_spread_of_x_t_did(tiny_model, scheduler):
+    from sdviz.app import texts
+
+    trace = generate(tiny_model, RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler=scheduler))
+    first, last = (float(r.latents.float().std()) for r in (trace.steps[0], trace.steps[-1]))
+    text = texts.explain_plot(trace.steps)
+    assert f"{first:.2f} to {last:.2f}" in text  # the numbers the plot's curve starts and ends at
+    went = "stays near" if abs(last - first) <= 0.15 * max(first, last) else "rises" if last > first else "falls"
+    assert f"x_t {went}" in text
+    assert ("at the scale of sigma" in text) == (scheduler == "euler")

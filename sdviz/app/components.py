@@ -206,7 +206,7 @@ def peek_panel(model: Model | None) -> PeekPanel:
             final = final_image()
             with gr.Column(scale=3):
                 live = gr.HTML(live_html({k: None for k in texts.LIVE_CAPTIONS}, real), elem_id="peek-live")
-        with gr.Row(equal_height=True, elem_id="timeline"):
+        with gr.Row(equal_height=False, elem_id="timeline"):
             back = gr.Button("◀ step", size="sm", min_width=70, scale=0, elem_id="peek-back")
             play = gr.Button("▶ Play", size="sm", min_width=90, scale=0, elem_id="peek-play")
             forward = gr.Button("step ▶", size="sm", min_width=70, scale=0, elem_id="peek-forward")

@@ -96,23 +96,31 @@ so the whole class sees each step arrive."""
 
 
 def explain_plot(records=None) -> str:
-    """The plot's explanation; with a run's records, what its x_t spread did (it depends on the scheduler: those
-    of Euler's kind hold x_t at the scale of sigma, the others keep it a mix of spread near 1)."""
+    """The plot's explanation; with a run's records, what its curves did, in its own numbers (the spread of x_t
+    depends on the scheduler: those of Euler's kind hold x_t at the scale of sigma, the others keep it a mix whose
+    spread starts near that of unit noise)."""
     text = ("**The schedule.** Sigma is how much noise is left in x_t: the scheduler plans it to fall from pure "
             "noise to almost none. The red line marks the step you are looking at.")
     if not records:
         return text
-    first, last = (float(r.latents.float().std()) for r in (records[0], records[-1]))
-    x0 = float(records[-1].pred_x0.float().std())
-    if first > 2 * last:
-        how = (f"falls from {first:.2f} to {last:.2f}: this scheduler keeps x_t at the scale of sigma (x_t = x0 + "
-               f"sigma noise), so its spread follows sigma down to that of a clean latent")
+    from sdviz.lessons.peek import rms
+
+    def trend(first: float, last: float) -> str:
+        if abs(last - first) <= 0.15 * max(abs(first), abs(last)):
+            return f"stays near {first:.2f} (from {first:.2f} to {last:.2f})"
+        return f"{'rises' if last > first else 'falls'} from {first:.2f} to {last:.2f}"
+
+    first, last = records[0], records[-1]
+    x_t = [float(r.latents.float().std()) for r in (first, last)]
+    x0 = [float(r.pred_x0.float().std()) for r in (first, last)]
+    noise = [rms(r.noise_guided) for r in (first, last)]
+    if first.sigma > 2 and x_t[0] > 0.5 * first.sigma:
+        why = "this scheduler keeps x_t at the scale of sigma (x_t = x0 + sigma · noise)"
     else:
-        how = (f"goes from {first:.2f} to {last:.2f}: this scheduler keeps x_t a mix, sqrt(alpha_bar) x0 + "
-               f"sqrt(1 - alpha_bar) noise, whose spread stays near 1 while the noise in it is swapped for the "
-               f"picture's latents")
-    return (f"{text} Below, in this run, the spread (std) of x_t {how}; the predicted x0's spread settles at "
-            f"{x0:.2f}, and the guided noise keeps an RMS near 1 (it is unit noise) until the last steps.")
+        why = ("this scheduler keeps x_t a mix, sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise: it starts with the "
+               "spread of unit noise, about 1, and ends with that of the latents the run made")
+    return (f"{text} Below, in this run: the spread (std) of x_t {trend(*x_t)}, as {why}; the predicted x0's "
+            f"spread {trend(*x0)}; the RMS of the guided noise {trend(*noise)}.")
 
 
 def unknown_word(what: str, word: str, pieces: tuple[str, ...], known: list[str]) -> str:
