@@ -323,7 +323,8 @@ def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator
         waited += time.perf_counter() - update_started
 
 
-LARGE = 240  # about how many screen pixels a latent or noise grid gets per side in the detailed panel
+MAP_PIXELS = 64  # latent and noise grids are sent this small (a few hundred bytes) and enlarged by the page with
+# sharp pixels (CSS image-rendering: pixelated), so they stay crisp at any size on a projector
 
 
 def frame_values(panel: PeekPanel, model: Model, run: PanelRun, index: int, total: int, *, live: bool = False,
@@ -337,13 +338,14 @@ def frame_values(panel: PeekPanel, model: Model, run: PanelRun, index: int, tota
         x_t, x0 = services.step_decodes(model, run, index)
     else:
         rgb_map = services.preview_map(model)
-        x_t, x0 = peek.rgb_preview(rgb_map, record.latents, LARGE), peek.rgb_preview(rgb_map, record.pred_x0, LARGE)
+        x_t, x0 = peek.rgb_preview(rgb_map, record.latents, MAP_PIXELS), peek.rgb_preview(rgb_map, record.pred_x0,
+                                                                                        MAP_PIXELS)
     scales = peek.noise_scales(record)
-    pictures = peek.noise_pictures(record, LARGE)
+    pictures = peek.noise_pictures(record, MAP_PIXELS)
     latents_scale = peek.signed_scale(record.latents)
     values = {
         panel.live: live_html({"x_t": x_t, "x0": x0, "guided": pictures["guided"]}, real, at_start=index == 0),
-        panel.latents: figures_html([(texts.LATENTS_CAPTION, peek.channel_grid(record.latents, latents_scale, LARGE))],
+        panel.latents: figures_html([(texts.LATENTS_CAPTION, peek.channel_grid(record.latents, latents_scale, MAP_PIXELS))],
                                     scales=[latents_scale]),
         panel.noise: figures_html([(peek.NOISE_TITLES[k], pictures[k]) for k in peek.NOISE_KINDS],
                                   scales=[scales[k] for k in peek.NOISE_KINDS]),
