@@ -364,10 +364,14 @@ def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_old
 def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeypatch):
     page = Session(page_demo, "session-3")
     list(page.generate("a blue square", 4))
-    assert page.value(page.call("settle"), "peek-animation") is not None  # normally: the animation
+    assert isinstance(page.value(page.call("settle"), "peek-live"), str)  # normally: the last step's panel...
+    assert isinstance(page.call("settle_animation"), Image.Image)  # ...then the animation
     newer = page.generate("a red circle", 100)
     next(newer)  # the newer run has started
-    assert page.call("settle") == playground.unchanged() and page.call("show_step", 2) == playground.unchanged()
+    for follow_up in ("settle", "settle_animation", "step_forward", "step_back"):
+        args = (2, True) if follow_up.startswith("step") else ()
+        assert page.call(follow_up, *args) == playground.unchanged(), follow_up
+    assert page.call("show_step", 2) == playground.unchanged()
     newer.close()
 
     list(page.generate("a blue square", 4))  # a newer run starts while the follow-up is being made
@@ -379,7 +383,30 @@ def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeyp
         return gif
 
     monkeypatch.setattr(peek, "decode_animation", animation_then_new_run)
-    assert page.call("settle") == playground.unchanged()
+    assert page.call("settle_animation") == playground.unchanged()
+
+
+def test_the_timeline_plays_steps_pauses_at_the_end_or_loops(page_demo):
+    page = Session(page_demo, "session-4")
+    timer, button = page.call("play_pause", playground.PLAY, 5, 1)
+    assert not timer.active and button.value == playground.PLAY  # nothing to play yet
+    list(page.generate("a blue square", 4))
+    run = page_demo.sdviz_page.runs.latest("session-4")
+    n = len(run.steps)
+    timer, button = page.call("play_pause", playground.PLAY, 5, n)
+    assert timer.active and timer.value == pytest.approx(0.2) and button.value == playground.PAUSE
+    timer, button = page.call("play_pause", playground.PAUSE, 5, 3)
+    assert not timer.active and button.value == playground.PLAY
+    ticked = page.call("step_forward", 1, False)  # one tick: step 1 -> 2, the whole panel
+    assert page.value(ticked, "peek-status") == f"Showing step **2 / {n}** of the last run."
+    assert page.value(ticked, "peek-step").value == 2
+    assert page.value(ticked, "peek-numbers").count(f"2 of {n}") == 1
+    assert isinstance(page.value(ticked, "peek-plot"), Image.Image)
+    at_end = page.call("step_forward", n, False)  # at the end without loop: it stays and pauses
+    assert page.value(at_end, "peek-step").value == n and page.value(at_end, "peek-play").value == playground.PLAY
+    assert page.call("step_forward", n, True)[page_demo.sdviz_page.panel.step].value == 1  # loop: round again
+    assert page.call("step_back", 1, True)[page_demo.sdviz_page.panel.step].value == n
+    assert playground.pace_s(0) == 1.0 and playground.pace_s(50) == pytest.approx(0.1)
 
 
 # --- Memory --------------------------------------------------------------------------------------------

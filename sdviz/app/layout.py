@@ -105,10 +105,9 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
             # image_mode=None: the file as uploaded; sdviz.pipeline.settings.load_init_image converts RGBA,
             # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
             init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=190, elem_id="img2img-init")
-            strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
-                              info="How much noise to add to it first: 1 = keep almost nothing",
-                              elem_id="img2img-strength")
+                                       sources=["upload", "clipboard"], height=150, elem_id="img2img-init")
+            strength = Slider(0.05, 1, value=defaults.strength, step=0.05,
+                              label="Strength: noise added first (1: keeps almost nothing)", elem_id="img2img-strength")
         with gr.Column(scale=4):
             img = components.generate_controls(defaults, model, "img2img")
     return img, init_image, strength
@@ -140,7 +139,8 @@ def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -
             concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=concurrency_limit, show_progress="hidden",
         )
         # The page runs this after the event succeeded, failed or was cancelled (the API does not).
-        event.then(bind(playground.settle, page), None, panel.all_outputs(), **peek_events)
+        event.then(bind(playground.settle, page), None, panel.frame_outputs(), **peek_events).then(
+            bind(playground.settle_animation, page), None, panel.animation, **peek_events)
         controls.stop.click(bind(playground.request_stop, page), None, None, cancels=[event],
                             api_visibility="private", queue=False)
         controls.dice.click(lambda: random.randint(0, playground.UI_MAX_SEED), None, controls.seed,

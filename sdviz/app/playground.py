@@ -406,7 +406,8 @@ def unchanged() -> dict:
 
 def settle(page: Page, request: gr.Request = None) -> dict:
     """After a generate event ended (finished, stopped or failed): bring the panel to the run's end state.
-    Finished: the last step's real decodes, the animation in real decodes, the final plot. Stopped: the step it
+    Finished: the last step's real decodes, maps and numbers, the final plot (the animation follows:
+    :func:`settle_animation`). Stopped: the step it
     stopped at and a slider over the steps computed (the event's own last update may have been cut off by the
     cancel, or arrive after a Stop message). Changes nothing when a newer run is already going."""
     session = _session(request)
@@ -426,10 +427,19 @@ def settle(page: Page, request: gr.Request = None) -> dict:
     if run.outcome == DONE:
         n = len(run.steps)
         values = frame_values(panel, model, run, n - 1, n)
-        values[panel.animation] = Image.open(io.BytesIO(animation(model, run)))
     else:
         values = _stopped_view(panel, model, run)
     return values if page.runs.is_latest(session, run) else unchanged()
+
+
+def settle_animation(page: Page, request: gr.Request = None):
+    """After :func:`settle`: the finished run's animation (it takes longer than the rest: every step decoded)."""
+    session = _session(request)
+    run = page.runs.latest(session)
+    if run is None or run.outcome != DONE:
+        return gr.skip()
+    gif = Image.open(io.BytesIO(animation(services.load_for_app(run.model), run)))
+    return gif if page.runs.is_latest(session, run) else gr.skip()
 
 
 ANIMATION_MAX_DECODED_STEPS = 12  # a model whose decodes are not cheap: the animation shows this many steps
