@@ -1,12 +1,15 @@
-"""The playground's event handlers: text to image, image to image, Stop, scrubbing the peek-inside panel, and
-choosing a model. Plain module-level functions; :mod:`sdviz.app.layout` binds each to the page's :class:`Page`.
+"""The playground's event handlers: text to image, image to image, Stop, scrubbing and replaying the peek-inside
+panel, and choosing a model. Plain module-level functions; :mod:`sdviz.app.layout` binds each to the page's :class:`Page`.
 
 How a run streams (:func:`live_run`): the event iterates the one denoising loop
 (:func:`sdviz.pipeline.sampler.denoise`, through :func:`sdviz.app.services.run_loop_on_gpu`) and yields a live update
 for a step whenever that keeps the time the loop spends waiting for updates within ``LIVE_BUDGET`` of the run (on a
 slow model every step is shown, on a fast one the newest step a few times a second); every step stays in the run
-for scrubbing. Live pictures use the fast approximate colours; full VAE decodes are made on demand and kept per
-run (:func:`sdviz.app.services.step_decodes`); the final picture is always the full decode.
+for scrubbing and the timeline. Live pictures are real VAE decodes when the model's decodes are cheap
+(:func:`sdviz.app.services.decodes_are_cheap`: the embedded model's), else the fast preview; decodes are kept per run
+(:func:`sdviz.app.services.step_decodes`); the final picture, a step picked afterwards and the animation are always
+real decodes. Slow motion shows every step. After a run the timeline (a ``gr.Timer``: :func:`play_pause`,
+:func:`step_forward`, :func:`step_back`) steps the whole panel.
 
 The loop runs in the event's own thread, not a helper thread: a helper would fight the page's rendering for
 Python's global lock, and on a small model that slowed the loop itself several times.
