@@ -409,6 +409,24 @@ def test_the_timeline_plays_steps_pauses_at_the_end_or_loops(page_demo):
     assert playground.pace_s(0) == 1.0 and playground.pace_s(50) == pytest.approx(0.1)
 
 
+def test_during_a_run_the_timeline_replays_what_has_arrived(page_demo):
+    page = Session(page_demo, "session-5")
+    event = page.generate("a red circle", 300)
+    next(event), next(event), next(event)  # Starting, then two live frames: at least two steps have arrived
+    run = page_demo.sdviz_page.runs.latest("session-5")
+    arrived = len(run.steps)
+    assert page.call("step_forward", 1, True) == playground.unchanged()  # not playing: the live frames rule
+    timer, button = page.call("play_pause", playground.PLAY, 10, 1)
+    assert timer.active and button.value == playground.PAUSE and playground.replaying(run)
+    ticked = page.call("step_forward", 1, True)
+    assert page.value(ticked, "peek-status").startswith("Showing step **2 / ")
+    assert "of the run going" in page.value(ticked, "peek-status") and page.value(ticked, "peek-step").value == 2
+    assert len(run.steps) >= arrived and run.outcome == RUNNING
+    page.call("play_pause", playground.PAUSE, 10, 2)  # Pause: the live frames come back
+    assert not playground.replaying(run)
+    event.close()
+
+
 # --- Memory --------------------------------------------------------------------------------------------
 
 def fake_run(runs: SessionRuns, session: str, steps: int = 3):

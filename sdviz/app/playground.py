@@ -311,6 +311,8 @@ def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator
         update_started = time.perf_counter()
         if not slow and item.index > 0 and waited > LIVE_BUDGET * (update_started - started):
             continue  # keep the loop going; the run keeps this step for scrubbing
+        if replaying(run):
+            continue  # the timeline replays the steps so far: the live frames wait (the run goes on)
         total = max(expected, len(run.steps))
         draw_plot = slow or waited + plot_cost <= LIVE_BUDGET * (update_started - started)
         plot_started = time.perf_counter()
@@ -478,9 +480,14 @@ def show_step(page: Page, step, request: gr.Request = None) -> dict:
 def _step_view(page: Page, run: PanelRun, index: int) -> dict:
     model = services.load_for_app(run.model)
     n = len(run.steps)
-    values = frame_values(page.panel, model, run, index, n)
-    what = "the last run" if run.outcome == DONE else "the stopped run"
-    values[page.panel.status] = f"Showing step **{index + 1} / {n}** of {what}."
+    if not run.ended.is_set():  # replaying a run that goes on: no plot (it would be redrawn at every tick)
+        values = frame_values(page.panel, model, run, index, max(n, run.expected_steps), plot=False)
+        values[page.panel.status] = (f"Showing step **{index + 1} / {n}** of the run going ({n} of "
+                                     f"{run.expected_steps} steps so far; press ❚❚ Pause to follow it live).")
+    else:
+        values = frame_values(page.panel, model, run, index, n)
+        what = "the last run" if run.outcome == DONE else "the stopped run"
+        values[page.panel.status] = f"Showing step **{index + 1} / {n}** of {what}."
     values[page.panel.step] = gr.Slider(value=index + 1)
     return values
 
@@ -492,11 +499,24 @@ def _paused() -> tuple:
     return gr.Timer(active=False), gr.Button(PLAY)
 
 
+_replaying: weakref.WeakSet = weakref.WeakSet()  # runs still going that the timeline replays (what has arrived)
+_replaying_lock = threading.Lock()
+
+
+def replaying(run: PanelRun) -> bool:
+    with _replaying_lock:
+        return run in _replaying
+
+
 def play_pause(page: Page, label, speed, step, request: gr.Request = None) -> tuple:
-    """The play/pause button (outputs: the timer and the button). Play starts at the first step when the slider is
-    at the last one. Nothing to play (no finished or stopped run): it stays paused."""
+    """The play/pause button (outputs: the timer and the button). Nothing to play (no run, or one step): it stays
+    paused. During a run it replays the steps that have arrived (the live frames pause meanwhile; the run goes on)."""
     run = page.runs.latest(_session(request))
-    if label != PLAY or run is None or not run.ended.is_set() or len(run.steps) < 2:
+    playing = label == PLAY and run is not None and len(run.steps) >= (1 if not run.ended.is_set() else 2)
+    if run is not None and not run.ended.is_set():
+        with _replaying_lock:
+            (_replaying.add if playing else _replaying.discard)(run)
+    if not playing:
         return _paused()
     return gr.Timer(value=pace_s(speed), active=True), gr.Button(PAUSE)
 
@@ -515,9 +535,9 @@ def advance(page: Page, step, loop, delta: int = 1, request: gr.Request = None) 
     when ``loop`` is on, else it stays there and the timeline pauses."""
     session = _session(request)
     run = page.runs.latest(session)
-    if run is None or not run.ended.is_set() or not run.steps:
+    if run is None or not run.steps or (not run.ended.is_set() and not replaying(run)):
         return unchanged()
-    n = len(run.steps)
+    n = len(run.steps)  # while the run goes on: the steps that have arrived
     current = min(max(whole(step, "Step") - 1, 0), n - 1)
     index = current + delta
     values: dict = {}

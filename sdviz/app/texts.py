@@ -90,9 +90,9 @@ def explain_live(real_decodes: bool) -> str:
             f"below). The guided noise is what the U-Net says is noise in x_t.")
 
 
-EXPLAIN_TIMELINE = """**Replay the run**: ▶ plays every step of the panel (decodes, latents, noise, numbers and the plot's
-marker) at the pace you pick; ◀ and ▶| step one at a time. **Slow motion** makes the next run wait at every step,
-so the whole class sees each step arrive."""
+EXPLAIN_TIMELINE = """**Replay the run**: ▶ Play steps the whole panel (decodes, latents, noise, numbers and the plot's
+marker) at the pace you pick; ◀ step and step ▶ go one at a time. During a run it replays the steps that have
+arrived. **Slow motion** makes the next run wait at every step, so the whole class sees each step arrive."""
 
 
 def explain_plot(records=None) -> str:
