@@ -172,9 +172,9 @@ def generate_controls(defaults: RunSettings, model: Model | None, prefix: str) -
                                   placeholder="what to steer away from (with CFG > 1)")
         with gr.Column(scale=3, min_width=200):
             # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why
-            steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps (U-Net calls)",
+            steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
                            elem_id=f"{prefix}-steps")
-            guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label=texts.CFG_LABEL,
+            guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale",
                               elem_id=f"{prefix}-cfg")
         with gr.Column(scale=3, min_width=200):
             with gr.Row(equal_height=True):
@@ -196,7 +196,7 @@ def final_image() -> gr.Image:
                     scale=1, min_width=200)
 
 
-def peek_panel(model: Model | None) -> PeekPanel:
+def peek_panel(model: Model | None = None) -> PeekPanel:
     """The panel (call after the tabs): the compact live view first, the details below it."""
     real = model is not None and decodes_are_cheap(model)
     with gr.Column(elem_id="live-view"):

@@ -70,10 +70,8 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
             teaching_tabs(model_choice, run_state)
         panel = components.peek_panel(model)
         txt.final = img.final = panel.final  # one panel, one final picture: the latest run's
-        with gr.Accordion("Prompts to try", open=False):
-            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Text to image")
-            if components.image_examples():
-                gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Image to image")
+        with gr.Accordion("Prompts to try (text to image)", open=False, elem_id="prompt-examples"):
+            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
         gr.Markdown("Type a prompt, press **Generate**, and watch the loop: the noisy latents, the U-Net's noise "
                     "estimates, classifier-free guidance, and the VAE turning latents back into pixels.")
         page = Page(demo=demo, models=models, runs=runs, panel=panel, txt=txt, img=img, strength=strength,
@@ -106,10 +104,12 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
             # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
             init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
                                        sources=["upload", "clipboard"], height=150, elem_id="img2img-init")
-            strength = Slider(0.05, 1, value=defaults.strength, step=0.05,
-                              label="Strength: noise added first (1: keeps almost nothing)", elem_id="img2img-strength")
+            strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
+                              info="Noise added first: 1 = keep almost nothing", elem_id="img2img-strength")
         with gr.Column(scale=4):
             img = components.generate_controls(defaults, model, "img2img")
+            if components.image_examples():
+                gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
     return img, init_image, strength
 
 

@@ -161,10 +161,12 @@ def prompt_notes(model: Model, settings: RunSettings) -> tuple[str, list[str]]:
     for what, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
         if not text:
             continue
-        if is_toy_tokenizer(model.tokenizer):
-            warnings.extend(texts.unknown_word(what, w.word, w.pieces, known_words(model.tokenizer))
-                            for w in unknown_words(model.tokenizer, text))
         dropped = tokenize(model.tokenizer, text).dropped_words
+        if is_toy_tokenizer(model.tokenizer):  # the words it reads (the dropped ones have their own warning)
+            words = text.split()
+            read = " ".join(words[: len(words) - len(dropped)]) if dropped else text
+            warnings.extend(texts.unknown_word(what, w.word, w.pieces, known_words(model.tokenizer))
+                            for w in unknown_words(model.tokenizer, read))
         if dropped:
             warnings.append(texts.too_long(what, model.tokenizer.model_max_length, dropped))
     return note, warnings

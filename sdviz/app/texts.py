@@ -142,7 +142,6 @@ LIVE_CAPTIONS = {"x_t": "x_t, VAE decode", "x0": "predicted x0, VAE decode", "gu
 PREVIEW_CAPTIONS = {"x_t": "x_t, preview (no decoder)", "x0": "predicted x0, preview (no decoder)"}
 LATENTS_CAPTION = "x_t: the latent channels"
 NOISE_AT_START = "x_t, VAE decode (pure noise: see why below)"
-CFG_LABEL = "CFG scale (1 or less: no guidance)"
 CSS = """
 .peek-figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 190px)); gap: 12px; }
 .peek-figures figure { margin: 0; }
