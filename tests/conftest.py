@@ -26,22 +26,24 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 
 
-def build_tiny_pipeline() -> StableDiffusionPipeline:
-    """Random weights, SD's layout: like diffusers' own test components, with an offline tokenizer."""
+def build_tiny_pipeline(max_tokens: int = toy_model.MAX_TOKENS, latent_channels: int = 4) -> StableDiffusionPipeline:
+    """Random weights, SD's layout: like diffusers' own test components, with an offline tokenizer. The arguments
+    make a variant whose numbers differ from the embedded model's (token limit, latent channels)."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8, attention_head_dim=4,
     )
     vae = AutoencoderKL(
         block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=latent_channels, norm_num_groups=4,
     )
-    tokenizer = toy_model.build_tokenizer()
+    tokenizer = toy_model.build_tokenizer(max_length=max_tokens)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=toy_model.MAX_TOKENS,
+        num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=max_tokens,
     ))
     # SD 1.5's own scheduler settings
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import math
+import re
+import time
 
 import gradio as gr
 import httpx
@@ -22,8 +25,9 @@ from sdviz.app.playground import run_settings
 from sdviz.app.services import load_for_app
 from sdviz.cli import main as cli
 from sdviz.errors import SdvizError
+from sdviz.pipeline import vae
 from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline.sampler import denoise, generate
 from sdviz.pipeline.settings import RunSettings, check_settings
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
@@ -161,14 +165,23 @@ def test_page_values_become_run_settings():
             check_settings(run_settings(**args))
 
 
+def test_the_dropdown_says_which_models_need_internet(tiny_model_dir):
+    for hub in KNOWN_HUB_MODELS:
+        assert components.model_label(hub) == f"{hub} (hub: needs internet)"
+    assert "offline" in components.model_label(EMBEDDED)
+    assert components.model_label(str(tiny_model_dir)) == str(tiny_model_dir)  # a folder here needs nothing
+
+
 def test_the_model_allow_list_comes_from_the_environment():
     assert allowed_models({}) == [EMBEDDED, *KNOWN_HUB_MODELS]
     assert allowed_models({"SDVIZ_MODELS": " embedded, a/b ,"}) == ["embedded", "a/b"]
 
 
 def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
-    with pytest.raises(gr.Error, match="Could not load"):
-        load_for_app(MISSING_MODEL)
+    with pytest.raises(gr.Error, match="Could not load") as err:
+        load_for_app(MISSING_MODEL)  # offline (the tests set HF_HUB_OFFLINE): one plain sentence that says so
+    assert "no internet" in err.value.message and "stacktrace" not in err.value.message
+    assert err.value.message.count(". ") == 0 and len(err.value.message) < 200
     demo = build_demo([MISSING_MODEL])
     assert isinstance(demo, gr.Blocks)
 
@@ -176,7 +189,7 @@ def test_a_model_that_cannot_load_is_a_clear_error_and_the_app_still_builds():
 @pytest.fixture
 def panel_and_states():
     with gr.Blocks():
-        panel = components.peek_panel()
+        panel = components.peek_panel(None)
         final = gr.Image()
         run_state = gr.State()
     return panel, final, run_state
@@ -209,7 +222,8 @@ def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, pa
     settings = RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler="ddim")
     updates = list(playground.live_run(panel, final, run_state, str(tiny_model_dir), settings))
     live = [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
-    assert live and all(u[panel.latents].count("data:image/png;base64,") == 3 for u in live)
+    assert live and all(u[panel.latents].count("data:image/png;base64,") == 1 for u in live)
+    assert all(u[panel.live].count("data:image/png;base64,") == 3 for u in live)  # x_t, x0, the guided noise
     assert all(u[panel.noise].count("data:image/png;base64,") == 4 for u in live)
     trace = updates[-1][run_state]
     assert [s.index for s in trace.steps] == list(range(6))
@@ -219,10 +233,117 @@ def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, pa
 def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir, panel_and_states):
     panel = panel_and_states[0]
     settings = RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0)
-    last = list(playground.live_run(*panel_and_states, str(tiny_model_dir), settings))[-1]
+    last = [u for u in playground.live_run(*panel_and_states, str(tiny_model_dir), settings) if panel.noise in u][-1]
     assert last[panel.noise].count("data:image/png;base64,") == 2 and "CFG ≤ 1" in last[panel.noise]
 
 
 def test_an_error_in_the_loop_reaches_the_page_as_a_gr_error(tiny_model_dir, panel_and_states):
     with pytest.raises(gr.Error, match="Unknown scheduler"):
         list(playground.live_run(*panel_and_states, str(tiny_model_dir), RunSettings(prompt="x", steps=4, scheduler="nope")))
+
+
+def test_words_the_embedded_kind_of_model_never_learned_are_named_as_a_warning(tiny_model):
+    note, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a big dog on the left", steps=2))
+    assert note == "" and len(warnings) == 1
+    assert warnings[0].startswith("'dog' is not in this model's vocabulary: it became d·o·g and is ignored")
+    assert "red" in warnings[0] and "circle" in warnings[0]  # the words it knows
+    _, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a big red circle, 2!", steps=2))
+    assert warnings == []  # punctuation and numbers are no words
+    _, warnings = playground.prompt_notes(tiny_model, RunSettings(prompt="a dog", negative_prompt="cat dog"))
+    assert [w.split(":")[0] for w in warnings] == ["'dog' is not in this model's vocabulary"] + [
+        f"'{w}' is not in this model's vocabulary" for w in ("cat", "dog")]
+    assert "(the negative prompt still runs)" in warnings[-1]
+
+
+def test_only_a_toy_tokenizer_gets_the_unknown_word_warning(tiny_model, monkeypatch):
+    from sdviz.toy import model as toy_model
+
+    assert toy_model.is_toy_tokenizer(tiny_model.tokenizer)
+    big = toy_model.build_tokenizer(tuple(f"w{i:04d}x" for i in range(1500)))  # the size of a real vocabulary
+    assert not toy_model.is_toy_tokenizer(big)
+    monkeypatch.setattr(playground, "is_toy_tokenizer", lambda tokenizer: False)  # e.g. SD's CLIP tokenizer
+    assert playground.prompt_notes(tiny_model, RunSettings(prompt="a dog"))[1] == []
+
+
+def data_pictures(html: str) -> list[np.ndarray]:
+    """The pictures inlined in a panel's HTML, in order."""
+    found = re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', html)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
+
+
+def test_live_frames_show_real_decodes_of_that_steps_latents(app, tiny_model):
+    """Through the server: each streamed x_t and predicted-x0 picture equals the full VAE decode of that step's
+    recorded latents, pixel for pixel (the run recomputed here: same settings, same pixels)."""
+    _, client = app
+    job = client.submit("a red circle", "", 12, 5.0, 3, "ddim", api_name="/txt2img")
+    updates = list(job)
+    trace = generate(tiny_model, RunSettings(prompt="a red circle", steps=12, guidance_scale=5.0, seed=3,
+                                             scheduler="ddim"))
+    live = [(u[1], u[3]) for u in updates if isinstance(u[1], str) and u[1].startswith("Step")]
+    assert live
+    for status, html in live:
+        index = int(re.search(r"Step \*\*(\d+) /", status).group(1)) - 1
+        x_t, x0, guided = data_pictures(html)
+        record = trace.steps[index]
+        assert np.array_equal(x0, np.asarray(vae.decode_to_pil(tiny_model, record.pred_x0).convert("RGB")))
+        assert np.array_equal(x_t, np.asarray(vae.decode_to_pil(tiny_model, record.latents).convert("RGB")))
+        assert "real VAE decodes" in status
+
+
+def test_slow_motion_shows_every_step(tiny_model_dir, panel_and_states):
+    panel = panel_and_states[0]
+    settings = RunSettings(prompt="a red circle", steps=20, guidance_scale=5.0, scheduler="ddim")
+    started = time.perf_counter()
+    updates = list(playground.live_run(*panel_and_states, str(tiny_model_dir), settings, slow=True))
+    steps = [re.search(r"Step \*\*(\d+) /", u[panel.status]).group(1) for u in updates
+             if str(u.get(panel.status, "")).startswith("Step")]
+    assert steps == [str(i) for i in range(1, 21)]  # every step, in order
+    assert time.perf_counter() - started >= 20 * playground.SLOW_MOTION_S * 0.9
+    assert all(panel.plot in u for u in updates if str(u.get(panel.status, "")).startswith("Step"))  # plot live
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory):
+    """A model whose numbers differ from the embedded one's: 24 tokens, 3 latent channels, a VAE that shrinks 2x."""
+    from conftest import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("other-sd")
+    build_tiny_pipeline(max_tokens=24, latent_channels=3).save_pretrained(path)
+    return path
+
+
+def test_every_text_that_quotes_a_number_reads_it_from_the_model(other_model_dir, tiny_model_dir):
+    from sdviz.app import texts
+    from sdviz.pipeline.models import load_model
+
+    model = load_model(other_model_dir, device="cpu")
+    assert model.tokenizer.model_max_length == 24 and model.vae.config.latent_channels == 3
+    f, side = model.vae_scale_factor, model.recommended.width // model.vae_scale_factor
+    shape, ratio = f"{side} x {side} x 3", f"{f * f * 3 / 3:g}x fewer numbers"
+    latents_text = texts.explain_latents(model)
+    assert shape in latents_text and ratio in latents_text and f"3 numbers for every {f} x {f} block" in latents_text
+    assert "3 channels" in latents_text and "48x" not in latents_text and "4 channels" not in latents_text
+    note = components.model_note(model)
+    assert shape in note and ratio in note and "reads 24 tokens" in note
+    _, warnings = playground.prompt_notes(model, RunSettings(prompt=" ".join(["a red circle"] * 12)))
+    assert len(warnings) == 1 and "the 24 tokens" in warnings[0] and "77" not in warnings[0]
+    # the page changes them with the model
+    demo = build_demo([str(tiny_model_dir), str(other_model_dir)])
+    page = demo.sdviz_page
+    updates = playground.choose_model(page, str(other_model_dir), str(tiny_model_dir))
+    assert updates[page.panel.latents_text] == latents_text and updates[page.model_info] == note
+    back = playground.choose_model(page, str(tiny_model_dir), str(other_model_dir))
+    assert "4 numbers for every" in back[page.panel.latents_text]
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_the_plots_text_says_what_the_plotted_spread_of_x_t_did(tiny_model, scheduler):
+    from sdviz.app import texts
+
+    trace = generate(tiny_model, RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler=scheduler))
+    first, last = (float(r.latents.float().std()) for r in (trace.steps[0], trace.steps[-1]))
+    text = texts.explain_plot(trace.steps)
+    assert f"{first:.2f} to {last:.2f}" in text  # the numbers the plot's curve starts and ends at
+    went = "stays near" if abs(last - first) <= 0.15 * max(first, last) else "rises" if last > first else "falls"
+    assert f"x_t {went}" in text
+    assert ("at the scale of sigma" in text) == (scheduler == "euler")

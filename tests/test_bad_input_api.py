@@ -97,8 +97,8 @@ def test_an_over_long_prompt_is_cut_with_a_warning_naming_the_dropped_words(app)
     prompt = "a big red circle on the left " * 2 + "and a small blue square"  # the tiny model reads 14 tokens
     job = client.submit(prompt, steps=2, api_name="/txt2img")
     assert job.result()[1].startswith("Done")
-    assert warnings_of(job) == ["The prompt is longer than the 16 tokens the text encoder reads, so it was cut. "
-                                "Dropped (5 words): and a small blue square"]
+    assert warnings_of(job) == ["The prompt is longer than the 16 tokens this model's text encoder reads (start and "
+                                "end tokens included), so it was cut. Dropped (5 words): and a small blue square"]
 
 
 def test_a_prompt_of_thousands_of_characters_is_refused_before_any_work(app):

@@ -149,7 +149,7 @@ def test_every_tab_shows_its_content(browser_app_url, browser_page, tiny_model_d
     steps.fill(STEPS)
     steps.press("Enter")
     page.locator("#txt2img-generate").click()
-    has_picture("txt2img-final")
+    has_picture("final")  # one final picture for both tabs: the latest run's
     expect(page.locator("#peek-status")).to_contain_text("Done: ")
     has_picture("peek-animation")  # the after-run decodes have arrived
     done("Text to image")
@@ -173,8 +173,10 @@ def test_every_tab_shows_its_content(browser_app_url, browser_page, tiny_model_d
     steps.press("Enter")
     animation = page.locator("#peek-animation img")
     txt2img_animation = animation.get_attribute("src")
+    final = page.locator("#final img").get_attribute("src")
     page.locator("#img2img-generate").click()
-    has_picture("img2img-final")
+    expect(page.locator("#final img")).not_to_have_attribute("src", final)
+    has_picture("final")
     expect(animation).to_have_attribute("src", SERVED)
     expect(animation).not_to_have_attribute("src", txt2img_animation)  # the peek panel shows this run
     done("Image to image")

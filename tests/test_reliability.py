@@ -138,22 +138,48 @@ class Tab:
         self.fn_index = {fn.name: i for i, fn in demo.fns.items()}
         self.messages: list[dict] = []
         self.streams: list[httpx.Response] = []
+        self._data_reader: threading.Thread | None = None
         self.http = httpx.Client(timeout=None)
         self._follow(f"{url}gradio_api/heartbeat/{self.session}")
 
-    def generate(self, prompt: str, steps: int, until: str) -> None:
+    def generate(self, prompt: str, steps: int, until: str) -> str:
         """Start a run and wait for its first message of kind ``until`` (process_generating, process_completed)."""
-        seen = len(self.messages)
-        data = [prompt, "", steps, 5.0, 0, "default", None]  # the last: the model State (kept by the server)
-        self.http.post(f"{self.url}gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn_index["txt2img"], "session_hash": self.session, "event_data": None,
-            "trigger_id": None}).raise_for_status()
-        self._follow(f"{self.url}gradio_api/queue/data?session_hash={self.session}", self.messages)
-        deadline = time.monotonic() + 30
-        while not any(m.get("msg") == until for m in self.messages[seen:]) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        data = [prompt, "", steps, 5.0, 0, "default", None, None]  # the last two: States (kept by the server)
+        return self.join(self.fn_index["txt2img"], data, until)
 
-    def _follow(self, url: str, into: list | None = None) -> None:
+    def join(self, fn_index: int, data: list, until: str | None = None) -> str:
+        """Queue an event as the page does; wait for its first message of kind ``until``. Returns its event id."""
+        response = self.http.post(f"{self.url}gradio_api/queue/join", json={
+            "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None, "trigger_id": None})
+        response.raise_for_status()
+        event_id = response.json()["event_id"]
+        if self._data_reader is None or not self._data_reader.is_alive():  # the server ends it when nothing is left
+            self._data_reader = self._follow(f"{self.url}gradio_api/queue/data?session_hash={self.session}",
+                                             self.messages)
+        if until is not None:
+            self.wait(event_id, until)
+        return event_id
+
+    def run(self, fn_index: int, data: list) -> dict:
+        """An event that is not queued (``queue=False``), as the page calls it."""
+        response = self.http.post(f"{self.url}gradio_api/run/predict", json={
+            "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None, "trigger_id": None})
+        response.raise_for_status()
+        return response.json()
+
+    def wait(self, event_id: str, until: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.of(event_id) if m.get("msg") == until]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {until} for {event_id}: {self.of(event_id)[-3:]}")
+
+    def of(self, event_id: str) -> list[dict]:
+        return [m for m in list(self.messages) if m.get("event_id") == event_id]
+
+    def _follow(self, url: str, into: list | None = None) -> threading.Thread:
         response = self.http.send(self.http.build_request("GET", url), stream=True)
         self.streams.append(response)
 
@@ -165,7 +191,9 @@ class Tab:
             except (httpx.HTTPError, RuntimeError, ValueError):
                 pass  # closed
 
-        threading.Thread(target=read, daemon=True).start()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        return reader
 
     def close(self) -> None:
         for response in self.streams:
@@ -200,6 +228,55 @@ def test_a_full_queue_says_so_and_closing_a_tab_frees_its_slot(one_slot_app):
     finally:
         for c in (second, third):
             c.close()
+
+
+@pytest.fixture(scope="module")
+def cpu_app(tiny_model_dir, temp_dir):
+    """The settings of a CPU server: one run at a time, the default queue."""
+    demo = layout.build_demo([str(tiny_model_dir)], concurrency_limit=1)
+    yield launch(demo), demo
+    demo.close()
+
+
+def follow_up_of(demo: gr.Blocks, event: str) -> int:
+    """The fn index of the event the page runs after ``event`` (its ``.then``)."""
+    index = {fn.name: i for i, fn in demo.fns.items()}[event]
+    return next(i for i, fn in demo.fns.items() if fn.get_config().get("trigger_after") == index)
+
+
+def test_generate_in_the_other_tab_replaces_the_run_going_and_every_follow_up_answers(cpu_app):
+    """The bug of issue 13: Image to image pressed while a Text to image run went on (one slot) waited for it to
+    finish, was then cancelled by the first tab's late cancel ("Stopped at step 1 / 16"), and the follow-up of the
+    first run failed ("didn't return enough output values")."""
+    url, demo = cpu_app
+    tab = Tab(url, demo)
+    try:
+        txt = tab.generate(f"a red circle {SLOW}", 100, until="process_generating")
+        first = demo.sdviz_page.runs.latest(tab.session)
+        # Image to image's Generate, as the page sends it: first the replacing listener, then the run
+        upload = tab.http.post(f"{url}gradio_api/upload", files={"files": open(sorted(
+            (ROOT / "assets" / "examples").glob("*.png"))[0], "rb")})
+        image = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
+        tab.run(tab.fn_index["replace_run"], [])
+        started = time.monotonic()
+        img = tab.join(tab.fn_index["img2img"], [image, "a blue circle", "", 0.8, 10, 5.0, 0, "default", None,
+                                                       None])
+        assert tab.wait(txt, "process_completed")["success"]
+        assert first.outcome == STOPPED and len(first.steps) < 100
+        tab.wait(img, "process_starts")
+        assert time.monotonic() - started < 5  # the new run did not wait for the old one to finish
+        # the old run's follow-up, while the new one runs: it leaves the panel alone, without an error
+        settled = tab.wait(tab.join(follow_up_of(demo, "txt2img"), []), "process_completed")
+        assert settled["success"], settled
+        assert tab.wait(img, "process_completed")["success"]
+        second = demo.sdviz_page.runs.latest(tab.session)
+        assert second is not first and second.outcome == DONE and second.trace is not None
+        settled = tab.wait(tab.join(follow_up_of(demo, "img2img"), []), "process_completed")
+        assert settled["success"], settled
+        shown = tab.wait(tab.join(tab.fn_index["show_step"], [2]), "process_completed")
+        assert shown["success"], shown
+    finally:
+        tab.close()
 
 
 def test_an_unexpected_error_is_not_shown_raw_but_the_app_keeps_serving(one_slot_app, monkeypatch):
@@ -281,28 +358,73 @@ def test_after_stop_the_follow_up_and_the_slider_show_the_stopped_run_not_an_old
     assert page.value(settled, "peek-step").maximum == max(len(run.steps), 2)
     shown = page.call("show_step", 1)
     assert page.value(shown, "peek-status") == f"Showing step **1 / {len(run.steps)}** of the stopped run."
-    assert isinstance(page.value(shown, "peek-xt-decode"), Image.Image)
+    assert page.value(shown, "peek-live").count("data:image/png;base64,") == 3  # x_t, x0 decoded, guided noise
 
 
 def test_a_finished_runs_follow_up_never_lands_on_a_newer_run(page_demo, monkeypatch):
     page = Session(page_demo, "session-3")
     list(page.generate("a blue square", 4))
-    assert page.value(page.call("settle"), "peek-animation") is not None  # normally: the animation
+    assert isinstance(page.value(page.call("settle"), "peek-live"), str)  # normally: the last step's panel...
+    assert isinstance(page.call("settle_animation"), Image.Image)  # ...then the animation
     newer = page.generate("a red circle", 100)
     next(newer)  # the newer run has started
-    assert page.call("settle") == {} and page.call("show_step", 2) == {}
+    for follow_up in ("settle", "settle_animation", "step_forward", "step_back"):
+        args = (2, True) if follow_up.startswith("step") else ()
+        assert page.call(follow_up, *args) == playground.unchanged(), follow_up
+    assert page.call("show_step", 2) == playground.unchanged()
     newer.close()
 
     list(page.generate("a blue square", 4))  # a newer run starts while the follow-up is being made
-    real_animation = peek.run_animation
+    real_animation = peek.decode_animation
 
-    def animation_then_new_run(rgb_map, trace):
-        gif = real_animation(rgb_map, trace)
+    def animation_then_new_run(frames, final):
+        gif = real_animation(frames, final)
         page_demo.sdviz_page.runs.start("session-3", page.demo_model, 100)
         return gif
 
-    monkeypatch.setattr(peek, "run_animation", animation_then_new_run)
-    assert page.call("settle") == {}
+    monkeypatch.setattr(peek, "decode_animation", animation_then_new_run)
+    assert page.call("settle_animation") == playground.unchanged()
+
+
+def test_the_timeline_plays_steps_pauses_at_the_end_or_loops(page_demo):
+    page = Session(page_demo, "session-4")
+    timer, button = page.call("play_pause", playground.PLAY, 5, 1)
+    assert not timer.active and button.value == playground.PLAY  # nothing to play yet
+    list(page.generate("a blue square", 4))
+    run = page_demo.sdviz_page.runs.latest("session-4")
+    n = len(run.steps)
+    timer, button = page.call("play_pause", playground.PLAY, 5, n)
+    assert timer.active and timer.value == pytest.approx(0.2) and button.value == playground.PAUSE
+    timer, button = page.call("play_pause", playground.PAUSE, 5, 3)
+    assert not timer.active and button.value == playground.PLAY
+    ticked = page.call("step_forward", 1, False)  # one tick: step 1 -> 2, the whole panel
+    assert page.value(ticked, "peek-status") == f"Showing step **2 / {n}** of the last run."
+    assert page.value(ticked, "peek-step").value == 2
+    assert page.value(ticked, "peek-numbers").count(f"2 of {n}") == 1
+    assert isinstance(page.value(ticked, "peek-plot"), Image.Image)
+    at_end = page.call("step_forward", n, False)  # at the end without loop: it stays and pauses
+    assert page.value(at_end, "peek-step").value == n and page.value(at_end, "peek-play").value == playground.PLAY
+    assert page.call("step_forward", n, True)[page_demo.sdviz_page.panel.step].value == 1  # loop: round again
+    assert page.call("step_back", 1, True)[page_demo.sdviz_page.panel.step].value == n
+    assert playground.pace_s(0) == 1.0 and playground.pace_s(50) == pytest.approx(0.1)
+
+
+def test_during_a_run_the_timeline_replays_what_has_arrived(page_demo):
+    page = Session(page_demo, "session-5")
+    event = page.generate("a red circle", 300)
+    next(event), next(event), next(event)  # Starting, then two live frames: at least two steps have arrived
+    run = page_demo.sdviz_page.runs.latest("session-5")
+    arrived = len(run.steps)
+    assert page.call("step_forward", 1, True) == playground.unchanged()  # not playing: the live frames rule
+    timer, button = page.call("play_pause", playground.PLAY, 10, 1)
+    assert timer.active and button.value == playground.PAUSE and playground.replaying(run)
+    ticked = page.call("step_forward", 1, True)
+    assert page.value(ticked, "peek-status").startswith("Showing step **2 / ")
+    assert "of the run going" in page.value(ticked, "peek-status") and page.value(ticked, "peek-step").value == 2
+    assert len(run.steps) >= arrived and run.outcome == RUNNING
+    page.call("play_pause", playground.PAUSE, 10, 2)  # Pause: the live frames come back
+    assert not playground.replaying(run)
+    event.close()
 
 
 # --- Memory --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdviz.app import texts
 from sdviz.app.gradio_internals import no_stub_files
-from sdviz.app.services import UnreadablePicture, student_error
+from sdviz.app.services import UnreadablePicture, decodes_are_cheap, is_hub_id, student_error
 from sdviz.lessons import peek
 from sdviz.pipeline.models import EMBEDDED, Model
 from sdviz.pipeline.schedulers import SCHEDULERS, scheduler_name
@@ -80,8 +80,11 @@ with no_stub_files():
 
 
 def model_label(name: str) -> str:
+    """The model's name in the dropdown and the status line: where it comes from, and whether it needs internet."""
     if name == EMBEDDED:
         return "embedded: tiny toy-world SD (offline)"
+    if is_hub_id(name):
+        return f"{name} (hub: needs internet)"
     return name
 
 
@@ -90,11 +93,9 @@ def model_note(model: Model) -> str:
     from sdviz.pipeline.vae import compression_ratio
 
     rec = model.recommended
-    f = model.vae_scale_factor
-    channels = model.vae.config.latent_channels
-    return (f"**{model_label(model.name)}**: pictures {rec.width}x{rec.height}, latents {channels}x{rec.height // f}"
-            f"x{rec.width // f} ({compression_ratio(model):.0f}x fewer numbers); recommended {rec.steps} steps, "
-            f"CFG {rec.guidance_scale:g}; on {model.device.type}.")
+    return (f"**{model_label(model.name)}**: pictures {texts.picture_shape(model)}, latents {texts.latent_shape(model)} "
+            f"({compression_ratio(model):g}x fewer numbers); reads {model.tokenizer.model_max_length} tokens; "
+            f"recommended {rec.steps} steps, CFG {rec.guidance_scale:g}; on {model.device.type}.")
 
 
 def scheduler_choices(model: Model | None) -> list[tuple[str, str]]:
@@ -146,109 +147,167 @@ class GenerateControls:
 
 @dataclass
 class PeekPanel:
-    status: gr.Markdown
+    """The peek-inside panel: a compact live view (the final picture, x_t and x0 decoded, the guided noise, the step
+    counter and the timeline), then the details (latents, noise estimates, numbers, the plot, the animation)."""
+
+    status: gr.Markdown  # the step counter and what is happening
+    final: gr.Image  # the final picture (full VAE decode), shared by both generate tabs
+    live: gr.HTML  # x_t and predicted x0 decoded (or previewed), the guided noise
+    live_text: gr.Markdown
     step: gr.Slider
-    latents: gr.HTML  # x_t's channels, x_t and the predicted x0 in approximate colours
+    play: gr.Button
+    back: gr.Button
+    forward: gr.Button
+    speed: gr.Slider  # steps a second when playing
+    loop: gr.Checkbox
+    slow: gr.Checkbox  # slow motion for the next run
+    timer: gr.Timer
+    latents: gr.HTML  # x_t's channels
+    latents_text: gr.Markdown
     noise: gr.HTML  # the four noise estimates
     numbers: gr.Markdown
-    plot: gr.Plot
-    x_t_decode: gr.Image
-    x0_decode: gr.Image
+    plot: gr.Image
+    plot_text: gr.Markdown
     animation: gr.Image
 
     def frame_outputs(self) -> list:
-        return [self.status, self.step, self.latents, self.noise, self.numbers, self.plot]
+        return [self.status, self.step, self.live, self.latents, self.noise, self.numbers, self.plot, self.plot_text]
 
     def all_outputs(self) -> list:
-        return [*self.frame_outputs(), self.x_t_decode, self.x0_decode, self.animation]
+        return [*self.frame_outputs(), self.animation]
 
 
 def generate_controls(defaults: RunSettings, model: Model | None, prefix: str) -> GenerateControls:
-    prompt = gr.Textbox(label="Prompt", lines=2, placeholder=texts.PROMPT_PLACEHOLDER,
-                        info="Empty is allowed: the model then draws without a prompt.", elem_id=f"{prefix}-prompt")
-    negative = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from (with CFG > 1)",
-                          elem_id=f"{prefix}-negative")
-    with gr.Row():
-        # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why.
-        steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
-                       info="How many times the U-Net is asked", elem_id=f"{prefix}-steps")
-        guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale", info=texts.CFG_INFO,
-                          elem_id=f"{prefix}-cfg")
-    with gr.Row(equal_height=True):
-        seed = gr.Number(value=defaults.seed, step=1, label="Seed",
-                         info="Same seed + same settings = same picture", elem_id=f"{prefix}-seed", scale=3)
-        dice = gr.Button("Random seed", size="md", scale=1, min_width=100)
-        scheduler = gr.Dropdown(scheduler_choices(model), value=DEFAULT_SCHEDULER, label="Scheduler",
-                                info="Which noise levels to visit and how to step", elem_id=f"{prefix}-scheduler",
-                                scale=3)
-    with gr.Row():
-        generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate")
-        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
+    """One tab's settings and buttons in one row of four columns: compact, so that the live view fits below them on a
+    projector (1280 x 720)."""
+    with gr.Row(equal_height=False, elem_classes=["generate-row"]):
+        with gr.Column(scale=4, min_width=260):
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder=texts.PROMPT_PLACEHOLDER,
+                                elem_id=f"{prefix}-prompt")
+            negative = gr.Textbox(label="Negative prompt", value="", lines=1, elem_id=f"{prefix}-negative",
+                                  placeholder="what to steer away from (with CFG > 1)")
+        with gr.Column(scale=3, min_width=200):
+            # No precision=0 on steps and seed: Gradio would round 2.5 (or fail on NaN) before run_settings can say why
+            steps = Slider(1, UI_MAX_STEPS, value=defaults.steps, step=1, label="Steps",
+                           elem_id=f"{prefix}-steps")
+            guidance = Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="CFG scale",
+                              elem_id=f"{prefix}-cfg")
+        with gr.Column(scale=3, min_width=200):
+            with gr.Row(equal_height=True):
+                seed = gr.Number(value=defaults.seed, step=1, label="Seed", elem_id=f"{prefix}-seed", scale=3,
+                                 min_width=90)
+                dice = gr.Button("Random seed", size="sm", scale=1, min_width=80)
+            scheduler = gr.Dropdown(scheduler_choices(model), value=DEFAULT_SCHEDULER, label="Scheduler",
+                                    elem_id=f"{prefix}-scheduler")
+        with gr.Column(scale=2, min_width=140):
+            generate = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{prefix}-generate",
+                                 elem_classes=["generate-button"])
+            stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
     return GenerateControls(prompt, negative, steps, guidance, seed, dice, scheduler, generate, stop)
 
 
-def final_image(prefix: str) -> gr.Image:
+def final_image() -> gr.Image:
     return gr.Image(label="Final picture (full VAE decode)", type="pil", format="png", interactive=False,
-                    height=320, buttons=["download", "fullscreen"], elem_id=f"{prefix}-final",
-                    elem_classes=["final-picture"])
+                    height=240, buttons=["download", "fullscreen"], elem_id="final", elem_classes=["final-picture"],
+                    scale=1, min_width=200)
 
 
-def peek_panel() -> PeekPanel:
-    def picture(label: str, elem_id: str, **kwargs) -> gr.Image:
-        options = {"type": "pil", "format": "png", "height": 180, "min_width": 120, "buttons": ["fullscreen"]} | kwargs
-        return gr.Image(label=label, interactive=False, elem_id=elem_id, elem_classes=["peek-picture"], **options)
-
-    def explanation(text: str) -> None:
-        with gr.Column(scale=2, min_width=280):
-            gr.Markdown(text, elem_classes=["explain"])
-
-    with gr.Column(elem_id="peek"):
-        gr.Markdown("## Peek inside the loop")
+def peek_panel(model: Model | None = None) -> PeekPanel:
+    """The panel (call after the tabs): the compact live view first, the details below it."""
+    real = model is not None and decodes_are_cheap(model)
+    with gr.Column(elem_id="live-view"):
         status = gr.Markdown("Press **Generate**: every step of the run appears here as it is computed.",
                              elem_id="peek-status")
-        step = gr.Slider(1, 2, value=1, step=1, precision=0, label="Step", interactive=False, elem_id="peek-step",
-                         info="After a run, move it to look at any step (full VAE decodes are made on demand).")
+        with gr.Row(equal_height=True):
+            final = final_image()
+            with gr.Column(scale=3):
+                live = gr.HTML(live_html({k: None for k in texts.LIVE_CAPTIONS}, real), elem_id="peek-live")
+        with gr.Row(equal_height=False, elem_id="timeline"):
+            back = gr.Button("◀ step", size="sm", min_width=70, scale=0, elem_id="peek-back")
+            play = gr.Button("▶ Play", size="sm", min_width=90, scale=0, elem_id="peek-play")
+            forward = gr.Button("step ▶", size="sm", min_width=70, scale=0, elem_id="peek-forward")
+            step = gr.Slider(1, 2, value=1, step=1, precision=0, label="Step", interactive=False, elem_id="peek-step",
+                             scale=4, min_width=200)
+            speed = gr.Slider(1, 10, value=3, step=1, label="steps / s", elem_id="peek-speed", scale=1,
+                              min_width=110)
+            with gr.Column(scale=0, min_width=130):
+                loop = gr.Checkbox(value=True, label="loop", elem_id="peek-loop", container=False)
+                slow = gr.Checkbox(value=False, label="slow motion", elem_id="peek-slow", container=False)
+        timer = gr.Timer(1 / 3, active=False)
+    with gr.Column(elem_id="peek"):
+        gr.Markdown("## Peek inside the loop")
+        with gr.Row():
+            live_text = gr.Markdown(texts.explain_live(real), elem_classes=["explain"], elem_id="peek-live-text")
+            gr.Markdown(texts.EXPLAIN_TIMELINE, elem_classes=["explain"])
         with gr.Row():
             with gr.Column(scale=5):
-                latents = gr.HTML(figures_html([(c, None) for c in texts.LATENT_CAPTIONS], texts.WAITING),
-                                  elem_id="peek-latents")
-            explanation(texts.EXPLAIN_LATENTS)
+                latents = gr.HTML(figures_html([(texts.LATENTS_CAPTION, None)], texts.WAITING), elem_id="peek-latents")
+            with gr.Column(scale=2, min_width=280):
+                latents_text = gr.Markdown(texts.explain_latents(model) if model is not None else "",
+                                           elem_classes=["explain"], elem_id="peek-latents-text")
         with gr.Row():
             with gr.Column(scale=5):
                 noise = gr.HTML(figures_html([(peek.NOISE_TITLES[k], None) for k in peek.NOISE_KINDS], texts.WAITING),
                                 elem_id="peek-noise")
-            explanation(texts.EXPLAIN_NOISE)
-        with gr.Row():
-            with gr.Column(scale=5), gr.Row():
-                x_t_decode = picture("x_t, VAE decode", "peek-xt-decode")
-                x0_decode = picture("predicted x0, VAE decode", "peek-x0-decode")
-                animation = picture("the whole run (animation)", "peek-animation", format="gif", scale=2,
-                                    buttons=["download"])
-            explanation(texts.EXPLAIN_DECODES)
+            with gr.Column(scale=2, min_width=280):
+                gr.Markdown(texts.EXPLAIN_NOISE, elem_classes=["explain"])
         with gr.Row():
             with gr.Column(scale=5):
-                plot = gr.Plot(label="noise schedule and latent statistics", show_label=False, format="png",
-                               elem_id="peek-plot")
+                plot = gr.Image(label="noise schedule and latent statistics", show_label=False, type="pil",
+                                format="png", interactive=False, elem_id="peek-plot", buttons=["fullscreen"])
             with gr.Column(scale=2, min_width=280):
                 numbers = gr.Markdown(elem_id="peek-numbers")
-                gr.Markdown(texts.EXPLAIN_PLOT, elem_classes=["explain"])
-    return PeekPanel(status, step, latents, noise, numbers, plot, x_t_decode, x0_decode, animation)
+                plot_text = gr.Markdown(texts.explain_plot(), elem_classes=["explain"], elem_id="peek-plot-text")
+        animation = gr.Image(label="the whole run, in real VAE decodes (animation)", type="pil", format="gif",
+                             interactive=False, height=340, buttons=["download", "fullscreen"],
+                             elem_id="peek-animation", elem_classes=["peek-picture"])
+    return PeekPanel(status, final, live, live_text, step, play, back, forward, speed, loop, slow, timer, latents,
+                     latents_text, noise, numbers, plot, plot_text, animation)
+
+
+def live_html(pictures: dict[str, Image.Image | None], real: bool, at_start: bool = False) -> str:
+    """The compact live view's three pictures: x_t and predicted x0 (real decodes, or the preview) and the guided
+    noise; ``at_start``: x_t is still nearly pure noise (its caption says why its decode does not look like it)."""
+    captions = dict(texts.LIVE_CAPTIONS) | ({} if real else texts.PREVIEW_CAPTIONS)
+    if at_start and real:
+        captions["x_t"] = texts.NOISE_AT_START
+    return figures_html([(captions[k], pictures.get(k)) for k in texts.LIVE_CAPTIONS], texts.WAITING,
+                        css_class="peek-figures live-figures", photos={0, 1})
 
 
 def figures_html(figures: list[tuple[str, Image.Image | None]],
-                 missing: str = "not computed: CFG ≤ 1 means one U-Net pass, with the prompt") -> str:
-    """Captioned pictures in a row, inlined as PNG data: the page needs no extra request per picture
-    (on a small model, serving those requests slowed the loop more than drawing the pictures did)."""
+                 missing: str = "not computed: CFG ≤ 1 means one U-Net pass, with the prompt",
+                 scales: list[float | None] | None = None, css_class: str = "peek-figures",
+                 photos: set[int] = frozenset()) -> str:
+    """Captioned pictures in a row, inlined as image data: the page needs no extra request per picture
+    (on a small model, serving those requests slowed the loop more than drawing the pictures did).
+    ``scales``: a signed colour scale per picture, drawn as a legend under it (blue -s, white 0, red +s).
+    Pictures are PNG (crisp blocks), except the ``photos`` (indices: decodes) larger than 256 pixels a side (a big
+    model's), which are shrunk to 256 and sent as JPEG, to keep each streamed step small."""
     cells = []
-    for caption, picture in figures:
+    for i, (caption, picture) in enumerate(figures):
         if picture is None:
             body = f'<div class="peek-empty">{missing}</div>'
         else:
-            out = io.BytesIO()
-            picture.save(out, format="PNG")
-            body = f'<img src="data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}" alt="{caption}">'
-        cells.append(f"<figure>{body}<figcaption>{caption}</figcaption></figure>")
-    return f'<div class="peek-figures">{"".join(cells)}</div>'
+            body = f'<img src="{_data_url(picture, i in photos)}" alt="{caption}">'
+        scale = scales[i] if scales else None
+        legend = (f'<div class="peek-legend"><span>−{scale:.2g}</span><span>0</span><span>+{scale:.2g}</span></div>'
+                  if scale is not None and picture is not None else "")
+        cells.append(f"<figure>{body}{legend}<figcaption>{caption}</figcaption></figure>")
+    return f'<div class="{css_class}">{"".join(cells)}</div>'
+
+
+def _data_url(picture: Image.Image, photo: bool = False) -> str:
+    out = io.BytesIO()
+    if photo and max(picture.size) > 256:
+        picture = picture.convert("RGB")
+        picture.thumbnail((256, 256), Image.Resampling.LANCZOS)
+        picture.save(out, format="JPEG", quality=88)
+        kind = "jpeg"
+    else:
+        picture.save(out, format="PNG")
+        kind = "png"
+    return f"data:image/{kind};base64,{base64.b64encode(out.getvalue()).decode()}"
 
 
 # --- The teaching tabs' pictures ------------------------------------------------------------------------------

@@ -58,30 +58,33 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                        max_bytes=limits.session_bytes)
 
     with gr.Blocks(title="sdviz: peek inside Stable Diffusion", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step\n"
-                    "Type a prompt, press **Generate**, and watch the loop below: the noisy latents, the U-Net's "
-                    "noise estimates, classifier-free guidance, and the VAE turning latents back into pixels.")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="header"):
+            gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step", elem_id="title")
             model_choice = gr.Dropdown([(components.model_label(m), m) for m in models], value=models[0],
-                                       label="Model", info="The embedded model works offline; hub models need a "
-                                       "download.", elem_id="model", scale=2)
-            model_info = gr.Markdown(model_note, elem_id="model-info")
+                                       label="Model", elem_id="model", scale=1, min_width=320)
+        model_info = gr.Markdown(model_note, elem_id="model-info")
         model_state = gr.State(models[0])
         run_state = gr.State(None, time_to_live=STATE_TTL_S)
+        slow_state = gr.State(False)  # the slow-motion box, for the generate events (a State: not in the API)
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Text to image", id="txt2img"):
                 txt = _txt2img_tab(defaults, model)
             with gr.Tab("Image to image", id="img2img"):
                 img, init_image, strength = _img2img_tab(defaults, model)
             teaching_tabs(model_choice, run_state)
-        panel = components.peek_panel()
+        panel = components.peek_panel(model)
+        txt.final = img.final = panel.final  # one panel, one final picture: the latest run's
+        with gr.Accordion("Prompts to try (text to image)", open=False, elem_id="prompt-examples"):
+            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
+        gr.Markdown("Type a prompt, press **Generate**, and watch the loop: the noisy latents, the U-Net's noise "
+                    "estimates, classifier-free guidance, and the VAE turning latents back into pixels.")
         page = Page(demo=demo, models=models, runs=runs, panel=panel, txt=txt, img=img, strength=strength,
-                    model_state=model_state, model_info=model_info, run_state=run_state)
+                    model_state=model_state, model_info=model_info, run_state=run_state, slow_state=slow_state)
         _wire_playground(page, init_image, concurrency_limit or limits.concurrency)
         model_choice.change(
             bind(playground.choose_model, page), [model_choice, model_state],
             [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
-             img.guidance_scale, img.scheduler],
+             img.guidance_scale, img.scheduler, panel.latents_text, panel.live_text],
             api_visibility="private", concurrency_limit=None, show_progress="hidden",
         ).failure(lambda current: current, model_state, model_choice, api_visibility="private", queue=False)
         demo.unload(bind(playground.end_session, page))
@@ -95,31 +98,23 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
 
 
 def _txt2img_tab(defaults: RunSettings, model) -> components.GenerateControls:
-    with gr.Row():
-        with gr.Column(scale=3):
-            txt = components.generate_controls(defaults, model, "txt2img")
-            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
-        with gr.Column(scale=2):
-            txt.final = components.final_image("txt2img")
-    return txt
+    return components.generate_controls(defaults, model, "txt2img")  # its final picture is the panel's
 
 
 def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateControls, gr.Image, gr.Slider]:
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=1, min_width=200):
             # image_mode=None: the file as uploaded; sdviz.pipeline.settings.load_init_image converts RGBA,
             # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
             init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=220, elem_id="img2img-init")
+                                       sources=["upload", "clipboard"], height=150, elem_id="img2img-init")
             strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
-                              info="How much noise to add to it first: 1 = keep almost nothing",
-                              elem_id="img2img-strength")
+                              info="Noise added first: 1 = keep almost nothing", elem_id="img2img-strength")
+        with gr.Column(scale=4):
             steps = model.recommended.img2img_steps if model is not None else defaults.steps  # >= 1 step runs
             img = components.generate_controls(dataclasses.replace(defaults, steps=steps), model, "img2img")
             if components.image_examples():
                 gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
-        with gr.Column(scale=2):
-            img.final = components.final_image("img2img")
     # Checked at upload, not only at Generate: a fake or oversized picture is refused with its message (a toast)
     # and taken out of the input again.
     init_image.upload(teaching.check_upload, [init_image], None, **CHEAP_EVENTS).failure(
@@ -128,37 +123,49 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
 
 
 def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -> None:
-    """Generate, Stop and the dice of both tabs, what follows a run, and the step slider."""
+    """Generate, Stop and the dice of both tabs, what follows a run, the step slider and the timeline."""
     txt, img, panel = page.txt, page.img, page.panel
-    events = []
+    peek_events = dict(api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID,
+                       concurrency_limit=PEEK_CONCURRENCY, show_progress="hidden")
     for controls, handler, inputs, name in (
         (txt, playground.txt2img, [txt.prompt, txt.negative_prompt, txt.steps, txt.guidance_scale, txt.seed,
                                    txt.scheduler], "txt2img"),
         (img, playground.img2img, [init_image, img.prompt, img.negative_prompt, page.strength, img.steps,
                                    img.guidance_scale, img.seed, img.scheduler], "img2img"),
     ):
-        # The API result: (final picture, status, step, latents, noise, numbers, plot, decodes..., animation)
+        # First, at once (not queued): the session's run still going, started in either tab, is asked to stop,
+        # so it frees its slot and the new run takes the panel; a timeline playing stops. This listener must come
+        # before the generate event: the page runs a button's listeners one after the other, each to its end, so a
+        # listener after the event (such as a `cancels=` of the other tab's run) would only fire once this run had
+        # finished, and would then cancel a run started after it.
+        controls.generate.click(bind(playground.replace_run, page), None, [panel.timer, panel.play],
+                                api_visibility="private", queue=False)
+        # The API result: (final picture, status, step, live view, latents, noise, numbers, plot, plot text,
+        # animation)
         outputs = [controls.final, *panel.all_outputs(), page.run_state]
         event = controls.generate.click(
-            bind(handler, page), [*inputs, page.model_state], outputs, api_name=name,
+            bind(handler, page), [*inputs, page.model_state, page.slow_state], outputs, api_name=name,
             concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=concurrency_limit, show_progress="hidden",
         )
         # The page runs this after the event succeeded, failed or was cancelled (the API does not).
-        event.then(bind(playground.settle, page), None, panel.all_outputs(), api_visibility="private",
-                   concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY, show_progress="hidden")
+        event.then(bind(playground.settle, page), None, panel.frame_outputs(), **peek_events).then(
+            bind(playground.settle_animation, page), None, panel.animation, **peek_events)
         controls.stop.click(bind(playground.request_stop, page), None, None, cancels=[event],
                             api_visibility="private", queue=False)
         controls.dice.click(lambda: random.randint(0, playground.UI_MAX_SEED), None, controls.seed,
                             api_visibility="private", concurrency_limit=None, queue=False)
-        events.append(event)
-    # One panel, one run: starting text to image stops a run of image to image, and the other way round.
-    txt_event, img_event = events
-    txt.generate.click(None, cancels=[img_event])
-    img.generate.click(None, cancels=[txt_event])
-    panel.step.input(bind(playground.show_step, page), [panel.step],
-                     [*panel.frame_outputs(), panel.x_t_decode, panel.x0_decode], api_visibility="private",
-                     concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
-                     trigger_mode="always_last", show_progress="hidden")
+    panel.slow.change(lambda slow: slow, panel.slow, page.slow_state, api_visibility="private", queue=False)
+    panel.step.input(bind(playground.show_step, page), [panel.step], panel.frame_outputs(), trigger_mode="always_last",
+                     **peek_events)
+    # The timeline: a server-side timer steps the panel while it plays (gr.Timer ticks only while active)
+    timeline = [panel.timer, panel.play]
+    panel.play.click(bind(playground.play_pause, page), [panel.play, panel.speed, panel.step], timeline,
+                     api_visibility="private", queue=False)
+    panel.speed.change(playground.pace, [panel.speed], panel.timer, api_visibility="private", queue=False)
+    for trigger, handler in ((panel.timer.tick, playground.step_forward), (panel.forward.click, playground.step_forward),
+                             (panel.back.click, playground.step_back)):
+        trigger(bind(handler, page), [panel.step, panel.loop], [*panel.frame_outputs(), *timeline],
+                trigger_mode="always_last", **peek_events)
 
 
 # --- The teaching tabs: one function per tab, each with its events beside it -----------------------------------

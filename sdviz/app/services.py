@@ -13,10 +13,14 @@ only a ``gr.Error``'s message comes back from the worker. Everywhere else they a
 from __future__ import annotations
 
 import functools
+import random
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
 from sdviz.app import hosting
@@ -25,11 +29,13 @@ from sdviz.errors import SdvizError
 from sdviz.lessons import experiments, export, forward, latent_space, text_attention
 from sdviz.lessons.peek import RgbMap
 from sdviz.pipeline import capture, vae
-from sdviz.pipeline.models import Model, load_model, use_cpu_threads
+from sdviz.pipeline.models import EMBEDDED, Model, load_model, use_cpu_threads
 from sdviz.pipeline.sampler import denoise
 from sdviz.pipeline.settings import RunSettings, load_init_image
 from sdviz.pipeline.text import Tokens
 from sdviz.pipeline.trace import StepRecord, Trace
+from sdviz.toy import world
+from sdviz.toy.model import is_toy_tokenizer
 
 # --- Errors a student sees ---------------------------------------------------------------------------------
 
@@ -75,22 +81,88 @@ def load_for_app(name: str) -> Model:
     try:
         model = load_model(name)
     except SdvizError as err:
-        raise student_error(err) from err
+        raise student_error(_load_message(name, err)) from err
     use_cpu_threads(model)  # as the CLI does: same pixels, and a small model's loop is not slowed by idle threads
     preview_map(model)
+    decodes_are_cheap(model)
     return model
+
+
+NETWORK_HINTS = ("not fully cached", "outgoing traffic", "offline", "connection", "resolve", "max retries", "network",
+                 "timed out", "name or service")
+
+
+def is_hub_id(name: str) -> bool:
+    """A name that is neither the embedded model nor a folder here: loading it needs the Hugging Face hub."""
+    return name != EMBEDDED and not Path(name).expanduser().exists()
+
+
+def _load_message(name: str, err: SdvizError) -> str:
+    """A failed load in one plain sentence. A hub model that cannot be fetched says so (diffusers' own message ends
+    in "see the stacktrace above", which a student cannot see); other failures keep sdviz's message."""
+    if not (is_hub_id(name) and str(err).startswith("Could not load")):
+        return str(err)
+    cause = str(err.__cause__ or err).lower()
+    if any(hint in cause for hint in NETWORK_HINTS):
+        return (f"Could not load {name}: it has to be downloaded from the Hugging Face hub, and this machine cannot "
+                f"reach it (no internet here); the embedded model works offline.")
+    return (f"Could not load {name} from the Hugging Face hub: is it a Stable Diffusion repository with "
+            f"safetensors weights? (the embedded model works offline)")
 
 
 def preview_map(model: Model) -> RgbMap:
     """The model's fitted latent -> RGB map for the fast previews (fitted once; kept in ``model.derived``)."""
-    if hosting.zero_gpu() and "rgb_map" not in model.derived:  # fitting uses the VAE: only a GPU worker may
+    if "rgb_map" in model.derived:
+        return model.derived["rgb_map"]
+    if hosting.zero_gpu():  # fitting uses the VAE: only a GPU worker may
         model.derived["rgb_map"] = fit_preview_colours(model.name)
-    return vae.preview_map(model)
+    return vae.preview_map(model, preview_cards(model))
+
+
+def preview_cards(model: Model) -> list[Image.Image] | None:
+    """Pictures like the model's own to fit its preview on: the toy world's, for a model of the embedded kind
+    (:func:`sdviz.toy.model.is_toy_tokenizer`); otherwise None (:func:`sdviz.pipeline.vae.preview_cards`)."""
+    if not is_toy_tokenizer(model.tokenizer):
+        return None
+    rng = random.Random(0)
+    return [world.draw(world.random_scene(rng), size=model.recommended.width) for _ in range(32)]
 
 
 @hosting.gpu(duration=30)
 def fit_preview_colours(model_name: str) -> RgbMap:
-    return vae.preview_map(load_model(model_name))
+    model = load_model(model_name)
+    return vae.preview_map(model, preview_cards(model))
+
+
+CHEAP_DECODE_S = 0.05  # a VAE decode at most this long is made for every live frame (else: the fast preview)
+SMALL_DECODER_PARAMS = 10_000_000  # on a CPU: a decoder this small, for pictures of at most SMALL_PICTURE pixels,
+SMALL_PICTURE = 256 * 256  # is cheap (the embedded model's: 0.6 M parameters, 64x64; SD's: 49 M, 512x512)
+
+
+def decodes_are_cheap(model: Model) -> bool:
+    """Whether live frames can show real VAE decodes. On a CPU by the VAE's size (a machine shared with other work
+    would make a timing flip from run to run): a decoder of at most ``SMALL_DECODER_PARAMS`` parameters for pictures
+    of at most ``SMALL_PICTURE`` pixels (the embedded model: one decode about 0.02 s on one thread). On a GPU by
+    timing one decode of the model's picture size (the fastest of three, at most ``CHEAP_DECODE_S``). On ZeroGPU
+    never (each decode would need a GPU worker)."""
+    if hosting.zero_gpu():
+        return False
+    if "decodes_cheap" not in model.derived:
+        rec = model.recommended
+        if model.device.type == "cpu":
+            params = sum(p.numel() for p in model.vae.decoder.parameters())
+            cheap = params <= SMALL_DECODER_PARAMS and rec.width * rec.height <= SMALL_PICTURE
+        else:
+            f = model.vae_scale_factor
+            latents = torch.zeros(1, model.vae.config.latent_channels, rec.height // f, rec.width // f)
+            times = []
+            for _ in range(4):  # the first call pays for lazy set-up
+                started = time.perf_counter()
+                vae.decode_to_pil(model, latents)
+                times.append(time.perf_counter() - started)
+            cheap = min(times[1:]) <= CHEAP_DECODE_S
+        model.derived["decodes_cheap"] = cheap
+    return model.derived["decodes_cheap"]
 
 
 # --- The playground: the loop, and full decodes of its steps --------------------------------------------------

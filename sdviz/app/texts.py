@@ -53,33 +53,104 @@ trace.npz (every step's tensors, for a notebook), the animation, and for every s
 and x0 (large, for slides) and the step's panels. The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""
 
 
-EXPLAIN_LATENTS = """**The latents x_t.** Stable Diffusion does not paint pixels: it works on *latents*, a small
-grid with 4 numbers for every 8x8 block of pixels, **48x fewer numbers** than the picture (the VAE
-translates between the two). Each tile is one of the 4 channels (red = positive, blue = negative,
-white = 0). At the first step they are pure random noise; watch structure appear. The colour
-previews are a quick **approximation** (a straight linear guess from the 4 channels, no decoder).
-x_t is shown as the U-Net sees it: Euler-type schedulers keep x0 + σ·noise, divided here by √(σ²+1)."""
+def latent_shape(model) -> str:
+    """The model's latents as width x height x channels, at its own picture size: "8 x 8 x 4" (the one way the
+    playground writes a shape)."""
+    f, rec = model.vae_scale_factor, model.recommended
+    return f"{rec.width // f} x {rec.height // f} x {model.vae.config.latent_channels}"
+
+
+def picture_shape(model) -> str:
+    rec = model.recommended
+    return f"{rec.width} x {rec.height} x {model.vae.config.in_channels}"
+
+
+def explain_latents(model) -> str:
+    """The latents' explanation, with the selected model's numbers."""
+    from sdviz.pipeline.vae import compression_ratio
+
+    c, f = model.vae.config.latent_channels, model.vae_scale_factor
+    return (f"**The latents x_t.** Stable Diffusion does not paint pixels: it works on *latents*, a small grid with "
+            f"{c} numbers for every {f} x {f} block of pixels: this model's {picture_shape(model)} pictures are "
+            f"{latent_shape(model)} latents, **{compression_ratio(model):g}x fewer numbers** (the VAE translates "
+            f"between the two). Each tile is one of the {c} channels (red = positive, blue = negative, white = 0, "
+            f"on the colour scale printed under it). At the first step they are pure random noise; watch "
+            f"structure appear. x_t is shown as the U-Net sees it: Euler-type schedulers keep x0 + σ·noise, "
+            f"divided here by √(σ²+1).")
+
 
 EXPLAIN_NOISE = """**The noise predictor.** At every step the U-Net looks at x_t and guesses the noise in it,
 twice: once **without** the prompt (unconditional) and once **with** it (text). Their difference
 (text - uncond) is what the prompt adds. **Classifier-free guidance** pushes along it:
 guided = uncond + CFG x (text - uncond). The scheduler then removes part of the *guided* noise. The
-direction is usually faint, so it is drawn on its own, stronger colour scale (see the numbers)."""
+unconditional, text and guided maps share one colour scale; the direction is usually faint, so it has its own,
+stronger one (each printed under its picture)."""
 
-EXPLAIN_DECODES = """**Back to pixels.** Removing *all* of the guessed noise at once gives the predicted clean
-latent **x0**: blurry early on, sharper with every step. Here the VAE decoder turns x_t and x0 into
-pictures: full decodes, computed when you pick a step. The animation replays the run (x_t left,
-x0 right, approximate colours; its last frame is the real final picture)."""
 
-EXPLAIN_PLOT = """**The schedule.** Sigma is how much noise is left in x_t: the scheduler plans it to fall
-from pure noise to almost none. Below: the spread of x_t shrinks towards that of a clean latent,
-while the predicted x0 settles down. The red line marks the step you are looking at."""
+def explain_live(real_decodes: bool) -> str:
+    """The compact live view's explanation: real decodes (a cheap VAE, the embedded model's) or the fast preview."""
+    how = ("**real VAE decodes**, made for every frame (this model's decoder takes milliseconds)" if real_decodes else
+           "a **fast preview** while it runs (a colour map fitted on this model's own VAE, no decoder: too slow "
+           "here for every step); a step you pick and the final picture are real VAE decodes")
+    return (f"**x_t** is what the loop holds at this step; **predicted x0** is x_t with *all* of the guessed noise "
+            f"removed at once: blurry early on, sharper with every step. Both are shown as {how}. **At the first "
+            f"steps x_t is almost pure noise, yet its decode looks like a light canvas with smears: the VAE only "
+            f"ever saw the latents of clean pictures, so it cannot draw noise** (the noise is in the latent tiles "
+            f"below). The guided noise is what the U-Net says is noise in x_t.")
+
+
+EXPLAIN_TIMELINE = """**Replay the run**: ▶ Play steps the whole panel (decodes, latents, noise, numbers and the plot's
+marker) at the pace you pick; ◀ step and step ▶ go one at a time. During a run it replays the steps that have
+arrived. **Slow motion** makes the next run wait at every step, so the whole class sees each step arrive."""
+
+
+def explain_plot(records=None) -> str:
+    """The plot's explanation; with a run's records, what its curves did, in its own numbers (the spread of x_t
+    depends on the scheduler: those of Euler's kind hold x_t at the scale of sigma, the others keep it a mix whose
+    spread starts near that of unit noise)."""
+    text = ("**The schedule.** Sigma is how much noise is left in x_t: the scheduler plans it to fall from pure "
+            "noise to almost none. The red line marks the step you are looking at.")
+    if not records:
+        return text
+    from sdviz.lessons.peek import rms
+
+    def trend(first: float, last: float) -> str:
+        if abs(last - first) <= 0.15 * max(abs(first), abs(last)):
+            return f"stays near {first:.2f} (from {first:.2f} to {last:.2f})"
+        return f"{'rises' if last > first else 'falls'} from {first:.2f} to {last:.2f}"
+
+    first, last = records[0], records[-1]
+    x_t = [float(r.latents.float().std()) for r in (first, last)]
+    x0 = [float(r.pred_x0.float().std()) for r in (first, last)]
+    noise = [rms(r.noise_guided) for r in (first, last)]
+    if first.sigma > 2 and x_t[0] > 0.5 * first.sigma:
+        why = "this scheduler keeps x_t at the scale of sigma (x_t = x0 + sigma · noise)"
+    else:
+        why = ("this scheduler keeps x_t a mix, sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise: it starts with the "
+               "spread of unit noise, about 1, and ends with that of the latents the run made")
+    return (f"{text} Below, in this run: the spread (std) of x_t {trend(*x_t)}, as {why}; the predicted x0's "
+            f"spread {trend(*x0)}; the RMS of the guided noise {trend(*noise)}.")
+
+
+def unknown_word(what: str, word: str, pieces: tuple[str, ...], known: list[str]) -> str:
+    """A word of the prompt that the model's tokenizer has no token for (a toy tokenizer: the embedded model)."""
+    return (f"'{word}' is not in this model's vocabulary: it became {'·'.join(pieces)} and is ignored "
+            f"(the {what} still runs). The words it learned (besides single letters): {', '.join(known)}.")
+
+
+def too_long(what: str, max_tokens: int, dropped: list[str]) -> str:
+    """A prompt longer than the model's text encoder reads (``max_tokens``: its tokenizer's model_max_length,
+    counting the start and end tokens)."""
+    shown = " ".join(dropped[:40]) + (f" … ({len(dropped) - 40} more)" if len(dropped) > 40 else "")
+    return (f"The {what} is longer than the {max_tokens} tokens this model's text encoder reads (start and end "
+            f"tokens included), so it was cut. Dropped ({len(dropped)} words): {shown}")
+
 
 WAITING = "appears when you press Generate"
-LATENT_CAPTIONS = ("x_t: the 4 latent channels", "x_t in colour (approximate)", "predicted x0 (approximate)")
-CFG_INFO = ("How hard to follow the prompt. 1 or less means no guidance (one U-Net pass per step). SD 1.5 likes 7.5; "
-            "the embedded model 2: too much overshoots.")
-
+LIVE_CAPTIONS = {"x_t": "x_t, VAE decode", "x0": "predicted x0, VAE decode", "guided": "guided noise (used)"}
+PREVIEW_CAPTIONS = {"x_t": "x_t, preview (no decoder)", "x0": "predicted x0, preview (no decoder)"}
+LATENTS_CAPTION = "x_t: the latent channels"
+NOISE_AT_START = "x_t, VAE decode (pure noise: see why below)"
 CSS = """
 /* Bold text in one font: Gradio's theme loads Source Sans Pro at 400 and 600, and the 600 file it ships holds only
    55 glyphs (capital A and B among them), so bold words mixed two fonts ("Prompt A/B" with a different B). Here
@@ -111,5 +182,18 @@ CSS = """
 /* A teaching tab's message next to its input: one sentence, readable, and no space taken when empty. */
 .teaching-message p { margin: 4px 0; font-size: 1.02em; }
 .teaching-message:empty, .teaching-message .prose:empty { display: none; }
+/* A projector (1280 x 720): the header, the settings, Generate, the final picture and the live view on one screen */
+#header h1 { font-size: 1.5em; margin: 0; }
+#header { align-items: center; }
+#model-info { font-size: 0.85em; }
+.generate-button { min-height: 96px; font-size: 1.25em; }
+.live-figures { grid-template-columns: repeat(3, minmax(0, 1fr)); max-width: 720px; }
+.live-figures img, .live-figures .peek-empty { max-height: 205px; }
+.peek-legend { display: flex; justify-content: space-between; font-size: 0.8em; padding: 2px 4px 0;
+  background: linear-gradient(to right, rgb(33, 102, 172), white, rgb(178, 24, 43)); color: #222; }
+.peek-legend span { background: rgba(255, 255, 255, 0.75); padding: 0 3px; border-radius: 3px; }
+#peek-latents .peek-figures { grid-template-columns: minmax(0, 300px); }
+#peek-noise .peek-figures { grid-template-columns: repeat(4, minmax(0, 1fr)); }
+#peek-plot img { image-rendering: auto; }
 #peek-numbers table { font-size: 0.9em; }
 """

@@ -201,34 +201,70 @@ def numbers_markdown(n: StepNumbers) -> str:
 CURRENT_STEP_GID = "current-step"  # the gid of the vertical line that marks the selected step
 
 
-def schedule_figure(records: Sequence[StepRecord], current: int, total: int) -> Figure:
+def schedule_figure(records: Sequence[StepRecord], current: int | None, total: int) -> Figure:
     """Sigma per step (top) and the latents' statistics per step (bottom), the ``current`` step marked
-    (``current`` is a 0-based index; the x axis numbers steps from 1, like the step slider).
+    (``current`` is a 0-based index; the x axis numbers steps from 1, like the step slider; None: no marker).
 
     ``records`` may be the steps computed so far (while the run streams); the x axis always spans
-    all ``total`` steps. Built as a bare ``Figure`` (no pyplot), so it is safe in any thread.
+    all ``total`` steps. Built as a bare ``Figure`` (no pyplot), so it is safe in any thread. Sized for a projector:
+    large fonts, the legend beside the curves (not on them), at most about 10 step numbers on the axis.
     """
     steps = [r.index + 1 for r in records]  # numbered from 1, like the step slider
-    fig = Figure(figsize=(8, 3.6), dpi=80, layout="constrained")
+    fig = Figure(figsize=(10, 4.6), dpi=80, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    top.plot(steps, [r.sigma for r in records], "o-", color="#6b4fbb", markersize=3, label="sigma")
+    top.plot(steps, [r.sigma for r in records], "o-", color="#6b4fbb", markersize=4, linewidth=2, label="sigma")
     top.set_yscale("log")
-    top.set_ylabel("noise level σ")
-    top.set_title("The noise schedule: how much noise is left at each step", fontsize=10)
-    bottom.plot(steps, [float(r.x_t.float().std()) for r in records], "o-", markersize=3, label="std of x_t")
-    bottom.plot(steps, [float(r.pred_x0.float().std()) for r in records], "s-", markersize=3,
+    top.set_ylabel("noise level σ", fontsize=13)
+    top.set_title("How much noise is left at each step", fontsize=15)
+    bottom.plot(steps, [float(r.x_t.float().std()) for r in records], "o-", markersize=4, linewidth=2,
+                label="std of x_t")
+    bottom.plot(steps, [float(r.pred_x0.float().std()) for r in records], "s-", markersize=4, linewidth=2,
                 label="std of predicted x0")
-    bottom.plot(steps, [rms(r.noise_guided) for r in records], "^-", markersize=3, label="RMS of guided noise")
-    bottom.set_xlabel("step")
-    bottom.set_ylabel("value")
-    bottom.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    bottom.plot(steps, [rms(r.noise_guided) for r in records], "^-", markersize=4, linewidth=2,
+                label="RMS of guided noise")
+    bottom.set_xlabel("step", fontsize=13)
+    bottom.set_ylabel("value", fontsize=13)
+    bottom.legend(fontsize=12, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     bottom.set_xlim(0.5, max(total, 1) + 0.5)
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
     for ax in (top, bottom):
-        ax.axvline(current + 1, color="#e4572e", linewidth=1.5, gid=CURRENT_STEP_GID)
+        if current is not None:
+            ax.axvline(current + 1, color="#e4572e", linewidth=2.5, gid=CURRENT_STEP_GID)
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=12)
+    bottom.yaxis.set_major_locator(MaxNLocator(nbins=5))
     return fig
+
+
+@dataclass
+class SchedulePicture:
+    """The schedule plot drawn once (no marker) as a picture, and where each step's marker goes: marking a step is
+    then a line drawn on a copy (about a millisecond), so the timeline can play at 10 steps a second."""
+
+    base: Image.Image
+    x: list[float]  # the marker's x pixel, per step index 0 .. total - 1
+    spans: list[tuple[float, float]]  # each axes' top and bottom pixel rows
+
+    def at(self, index: int) -> Image.Image:
+        picture = self.base.copy()
+        if 0 <= index < len(self.x):
+            pen = ImageDraw.Draw(picture)
+            for top, bottom in self.spans:
+                pen.line([(self.x[index], top), (self.x[index], bottom)], fill=(228, 87, 46), width=3)
+        return picture
+
+
+def schedule_picture(records: Sequence[StepRecord], total: int) -> SchedulePicture:
+    """:func:`schedule_figure` without a marker, rendered, with the marker positions of every step."""
+    fig = schedule_figure(records, None, total)
+    out = io.BytesIO()
+    fig.savefig(out, format="png")  # draws the figure: the transforms below are those of the saved picture
+    base = Image.open(out).convert("RGB")
+    height = fig.bbox.height
+    bottom_ax = fig.axes[1]
+    x = [float(bottom_ax.transData.transform((i + 1, 0))[0]) for i in range(max(total, 1))]
+    spans = [(height - ax.bbox.y1, height - ax.bbox.y0) for ax in fig.axes]
+    return SchedulePicture(base, x, spans)
 
 
 # --- The whole run as an animation -----------------------------------------------------------------
@@ -281,6 +317,42 @@ def decoded_animation(trace: Trace, decodes: Sequence[tuple[Image.Image, Image.I
 _CAPTION_H = 14
 
 
+def decode_animation(frames: Sequence[tuple[str, Image.Image, Image.Image]], final: Image.Image,
+                     side: int = 256, frame_ms: int = 250) -> bytes:
+    """A GIF of the run in real VAE decodes: for each ``(title, x_t decoded, predicted x0 decoded)`` the two pictures
+    side by side, ``side`` pixels each (small pictures enlarged with nearest neighbour, large ones shrunk), then the
+    final picture on its own; large enough to project. Captions in a font that reads at that size."""
+    font = _font(18)
+    caption_h = 26
+
+    def fit(picture: Image.Image) -> Image.Image:
+        picture = picture.convert("RGB")
+        scale = side / max(picture.size)
+        size = (round(picture.width * scale), round(picture.height * scale))
+        method = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+        return picture.resize(size, method)
+
+    def frame(left: Image.Image, right: Image.Image | None, captions: tuple[str, str], title: str) -> Image.Image:
+        width = 2 * side + 3 * GUTTER * 4
+        canvas = Image.new("RGB", (width, side + 2 * caption_h), "white")
+        pen = ImageDraw.Draw(canvas)
+        for i, (picture, caption) in enumerate(((left, captions[0]), (right, captions[1]))):
+            if picture is None:
+                continue
+            x = GUTTER * 4 + i * (side + GUTTER * 4)
+            canvas.paste(fit(picture), (x, caption_h))
+            pen.text((x, 2), caption, fill=(40, 40, 40), font=font)
+        pen.text((width // 2, side + 2 * caption_h - 2), title, fill=(60, 60, 60), font=font, anchor="md")
+        return canvas
+
+    pictures = [frame(x_t, x0, ("x_t (VAE decode)", "predicted x0 (VAE decode)"), title) for title, x_t, x0 in frames]
+    pictures.append(frame(final, None, ("the final picture", ""), "done"))
+    durations = [frame_ms] * (len(pictures) - 1) + [frame_ms * 8]
+    out = io.BytesIO()
+    pictures[0].save(out, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return out.getvalue()
+
+
 def _side_by_side(left: Image.Image, right: Image.Image, title: str, captions: tuple[str, str]) -> Image.Image:
     """Two pictures side by side, a caption above each and ``title`` in a strip below."""
     font = _font()
@@ -297,17 +369,17 @@ def _side_by_side(left: Image.Image, right: Image.Image, title: str, captions: t
 
 
 _font_lock = threading.Lock()
-_font_cache: list = []
+_font_cache: dict = {}
 
 
-def _font():
+def _font(size: int = 10):
     with _font_lock:
-        if not _font_cache:
+        if size not in _font_cache:
             try:
-                _font_cache.append(ImageFont.load_default(size=10))
+                _font_cache[size] = ImageFont.load_default(size=size)
             except (OSError, TypeError):  # Pillow without FreeType: the bitmap font
-                _font_cache.append(ImageFont.load_default())
-        return _font_cache[0]
+                _font_cache[size] = ImageFont.load_default()
+        return _font_cache[size]
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:

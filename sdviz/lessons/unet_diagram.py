@@ -181,8 +181,12 @@ def diagram(layout: UNetLayout) -> Figure:
         return round(math.log2(top / b.resolution[0])) if b.resolution[0] else 0
 
     levels = max(depth(b) for b in on_u) + 1
-    dx, dy, bw, bh = 2.0, 1.5, 1.8, 1.15
-    fig = Figure(figsize=(1.7 * len(on_u) + 0.5, 1.35 * (levels + 1) + 1.2), layout="constrained")
+    dx, dy, bw, bh = 2.0, 2.1, 1.85, 1.75
+    # Shown at the page's width (about 1200 pixels): the fonts grow with the figure so the text reads at about
+    # 12 screen pixels whatever the number of blocks (SD 1.5 has many more than the embedded model)
+    width = 1.7 * len(on_u) + 0.5
+    fs = max(7.0, 0.85 * width)
+    fig = Figure(figsize=(width, 1.75 * (levels + 1) + 1.6), layout="constrained")
     ax = fig.subplots()
     where = {}
     for x, b in enumerate(on_u):
@@ -191,13 +195,16 @@ def diagram(layout: UNetLayout) -> Figure:
         edge = ATTENTION_EDGE if b.cross_attention_layers else "#555555"
         ax.add_patch(FancyBboxPatch((cx - bw / 2, cy - bh / 2), bw, bh, boxstyle="round,pad=0.02",
                                     facecolor=COLOURS[b.path], edgecolor=edge, linewidth=2.5 if b.cross_attention_layers else 1))
-        lines = [b.name, b.kind.replace("2D", ""), f"{b.in_channels}->{b.out_channels} ch",
+        kind = b.kind.replace("2D", "")
+        kind = kind.replace("CrossAttn", "CrossAttn\n") if kind.startswith("CrossAttn") else \
+            kind.replace("CrossAttn", "\nCrossAttn")
+        lines = [b.name, kind.strip(), f"{b.in_channels}->{b.out_channels} ch",
                  f"{b.resolution[1]}x{b.resolution[0]}" + (f" -> {b.out_resolution[1]}x{b.out_resolution[0]}"
                                                            if b.out_resolution != b.resolution else "")]
         if b.cross_attention_layers:
-            lines.append(f"cross-attn x{b.cross_attention_layers} ({b.heads} heads)")
+            lines += [f"cross-attn x{b.cross_attention_layers}", f"{b.heads} heads"]
         lines.append(f"{human(b.params)} params")
-        ax.text(cx, cy, "\n".join(lines), ha="center", va="center", fontsize=7)
+        ax.text(cx, cy, "\n".join(lines), ha="center", va="center", fontsize=fs * 0.85, linespacing=1.1)
     for a, b in zip(on_u, on_u[1:], strict=False):  # the main path, box edge to box edge
         (x0, y0), (x1, y1) = where[a.name], where[b.name]
         ax.add_patch(FancyArrowPatch((x0 + bw / 2, y0), (x1 - bw / 2, y1), arrowstyle="-|>", mutation_scale=10,
@@ -213,15 +220,15 @@ def diagram(layout: UNetLayout) -> Figure:
                                      linestyle="--", color="#1f77b4",
                                      connectionstyle=f"arc3,rad={-2 * rise * dy / max(x1 - x0, 1e-6):.3f}"))
         ax.text((x0 + x1) / 2, y0 + bh / 2 + rise * dy + 0.05, f"skip ({'/'.join(map(str, u.skip_channels))} ch)",
-                ha="center", va="bottom", fontsize=7, color="#1f77b4")
+                ha="center", va="bottom", fontsize=fs * 0.8, color="#1f77b4")
     time = next((b for b in layout.blocks if b.path == "time"), None)
     note = f"timestep -> time embedding ({human(time.params)} params) -> every ResNet block" if time else ""
     ax.text(0.01, 0.99, f"{note}\npurple edge = cross-attention: reads the {layout.text_dim}-wide text embeddings\n"
-            f"dashed = skip connection", transform=ax.transAxes, va="top", fontsize=7)
+            f"dashed = skip connection", transform=ax.transAxes, va="top", fontsize=fs * 0.85)
     ax.set_xlim(-dx / 2 - 0.1, (len(on_u) - 1) * dx + dx / 2 + 0.1)
-    ax.set_ylim(-(levels - 1) * dy - bh / 2 - 0.2, bh / 2 + 1.2)
+    ax.set_ylim(-(levels - 1) * dy - bh / 2 - 0.2, bh / 2 + 1.9)
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(f"the U-Net: {human(layout.total_params)} parameters, latents {layout.latent_size[1]}x"
-                 f"{layout.latent_size[0]}x{layout.latent_channels}", fontsize=10)
+                 f"{layout.latent_size[0]}x{layout.latent_channels}", fontsize=fs * 1.2)
     return fig

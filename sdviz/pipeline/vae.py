@@ -58,31 +58,46 @@ def _float32_vae(model):
 
 
 def approx_rgb(rgb_map: tuple[np.ndarray, np.ndarray], latents: torch.Tensor) -> np.ndarray:
-    """A fast preview: each latent pixel's colour as a linear function of its channels (``rgb_map``, fitted
-    by :func:`preview_map`). Returns uint8 [h, w, 3] at latent resolution (upscale for display); no decoder."""
+    """A fast preview: each latent pixel's colour as a function of its channels (``rgb_map``, fitted by
+    :func:`preview_map`: linear in the channels, their squares and their products). Returns uint8 [h, w, 3] at
+    latent resolution (upscale for display); no decoder."""
     weights, bias = rgb_map
     z = latents.detach().float().cpu().numpy()
     z = z[0] if z.ndim == 4 else z
-    rgb = np.einsum("chw,cd->hwd", z, weights) + bias
+    rgb = np.einsum("chw,cd->hwd", preview_features(z)[: len(weights)], weights) + bias
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def preview_map(model) -> tuple[np.ndarray, np.ndarray]:
-    """Fit RGB ~ latents @ W + b on colourful test cards encoded by the model's own VAE (cached)."""
+def preview_features(z: np.ndarray) -> np.ndarray:
+    """[C, h, w] latents -> [C + C(C+1)/2, h, w]: the channels, then every product of two (squares included)."""
+    c = z.shape[0]
+    products = [z[i] * z[j] for i in range(c) for j in range(i, c)]
+    return np.concatenate([z, np.stack(products)]) if products else z
+
+
+def preview_map(model, cards: list[Image.Image] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fit RGB ~ features(latents) @ W + b by least squares on the model's own VAE (cached in ``model.derived``):
+    the features are the channels, their squares and their products (:func:`preview_features`).
+
+    The data are *real* latents, the encodes of pictures like the ones the model makes (flat shapes on plain
+    backgrounds, and gradients; ``cards``, when the caller knows better, e.g. the embedded model's own world), and
+    the target is what the VAE's decoder makes of them (averaged over each latent
+    pixel's block): the map imitates the decoder, not the encoder's input. (Fitting on random colour cards put the
+    toy world's white background at about (255, 124, 109).) Its error against the full decode is measured by
+    ``benchmarks/preview_fit.py`` (docs/app.md)."""
     with model.lock:
         if "rgb_map" in model.derived:
             return model.derived["rgb_map"]
     f = model.vae_scale_factor
-    rng = np.random.default_rng(0)
-    cells = 8
-    cards = rng.uniform(0, 255, size=(12, cells, cells, 3)).astype(np.uint8)
-    images = [Image.fromarray(c).resize((cells * f * 2, cells * f * 2), Image.Resampling.NEAREST) for c in cards]
     zs, colours = [], []
-    for img in images:
-        z = encode(model, img, generator=None)[0].float().cpu().numpy()  # [C, 16, 16]
-        pooled = np.asarray(img, dtype=np.float32).reshape(z.shape[1], f, z.shape[2], f, 3).mean(axis=(1, 3)) / 255
-        zs.append(z.reshape(z.shape[0], -1).T)
-        colours.append(pooled.reshape(-1, 3))
+    for card in cards or preview_cards(size=16 * f):
+        z = encode(model, card, generator=None)  # [1, C, 16, 16]
+        decoded = (decode(model, z)[0].float().clamp(-1, 1).cpu().numpy() + 1) / 2  # [3, H, W] in [0, 1]
+        c, h, w = z.shape[1:]
+        pooled = decoded.reshape(3, h, f, w, f).mean(axis=(2, 4))  # [3, h, w]
+        features = preview_features(z[0].float().cpu().numpy())
+        zs.append(features.reshape(len(features), -1).T)
+        colours.append(pooled.reshape(3, -1).T)
     z_all, c_all = np.concatenate(zs), np.concatenate(colours)
     design = np.concatenate([z_all, np.ones((len(z_all), 1))], axis=1)
     solution, *_ = np.linalg.lstsq(design, c_all, rcond=None)
@@ -90,3 +105,35 @@ def preview_map(model) -> tuple[np.ndarray, np.ndarray]:
     with model.lock:
         model.derived["rgb_map"] = result
     return result
+
+
+def preview_cards(size: int, n: int = 16, seed: int = 0) -> list[Image.Image]:
+    """Pictures to fit the preview on: one to three flat shapes on a plain light background (the embedded model's
+    world and any simple drawing), and smooth colour gradients."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    cards = []
+    for i in range(n):
+        if i % 4 == 3:  # a gradient between two random colours
+            a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            t = np.linspace(0, 1, size)[None, :, None] * np.ones((size, 1, 1))
+            t = t if i % 8 == 3 else t.transpose(1, 0, 2)
+            cards.append(Image.fromarray((a + t * (b - a)).astype(np.uint8)))
+            continue
+        card = Image.new("RGB", (size, size), tuple(int(v) for v in rng.uniform(120, 250, 3)))
+        pen = ImageDraw.Draw(card)
+        for _ in range(int(rng.integers(1, 4))):
+            x0, y0 = rng.uniform(0, 0.7, 2) * size
+            side = rng.uniform(0.2, 0.5) * size
+            box = [x0, y0, x0 + side, y0 + side]
+            colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
+            kind = int(rng.integers(3))
+            if kind == 0:
+                pen.ellipse(box, fill=colour)
+            elif kind == 1:
+                pen.rectangle(box, fill=colour)
+            else:
+                pen.polygon([(x0 + side / 2, y0), (x0, y0 + side), (x0 + side, y0 + side)], fill=colour)
+        cards.append(card)
+    return cards

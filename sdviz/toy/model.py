@@ -10,6 +10,8 @@ Only sizes differ from SD 1.5, so every part of sdviz treats it exactly like a r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -46,6 +48,47 @@ def build_tokenizer(words: tuple[str, ...] = world.VOCABULARY, max_length: int =
             pieces = _bpe(pieces, merges)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length,
                          bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+
+
+def is_toy_tokenizer(tokenizer) -> bool:
+    """Whether ``tokenizer`` is one :func:`build_tokenizer` makes: every byte as a token, and merges only for a few
+    whole words (CLIP's own has 49,408 tokens; a toy one about 600). In such a tokenizer a word is either one of its
+    words or falls apart into pieces the model never learned."""
+    vocab = tokenizer.get_vocab()
+    return len(vocab) < 2048 and all(c in vocab and c + "</w>" in vocab for c in ByteLevel.alphabet())
+
+
+@dataclass(frozen=True)
+class UnknownWord:
+    word: str
+    pieces: tuple[str, ...]  # the tokens it became, as text
+
+
+def unknown_words(tokenizer, text: str) -> list[UnknownWord]:
+    """The words of ``text`` that the tokenizer has no whole-word token for: each became several sub-word tokens
+    (letters, for a toy tokenizer), in order, once each. Punctuation and numbers are not words here."""
+    found: dict[str, UnknownWord] = {}
+    pieces: list[str] = []
+    for token in tokenizer.tokenize(text):
+        pieces.append(token)
+        if not token.endswith("</w>"):
+            continue
+        if len(pieces) > 1:
+            pieces = [p.removesuffix("</w>") for p in pieces]
+            word = tokenizer.convert_tokens_to_string(pieces).strip()
+            shown = tuple(tokenizer.convert_tokens_to_string([p]) for p in pieces)
+            if any("\ufffd" in p for p in shown):  # a letter of several bytes, split between tokens
+                shown = tuple(word)
+            if any(c.isalpha() for c in word):
+                found.setdefault(word, UnknownWord(word, shown))
+        pieces = []
+    return list(found.values())
+
+
+def known_words(tokenizer) -> list[str]:
+    """The whole words a toy tokenizer has tokens for (longer than one letter), alphabetically."""
+    words = {token.removesuffix("</w>") for token in tokenizer.get_vocab() if token.endswith("</w>")}
+    return sorted(w for w in words if len(w) > 1 and w.isalpha())
 
 
 def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
