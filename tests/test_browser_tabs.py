@@ -165,6 +165,7 @@ def test_every_tab_shows_its_content(browser_app_url, browser_page, tiny_model_d
     expect(page.locator("#img2img-init img")).to_have_count(0)
     page.evaluate("window.toastsSeen = []")
     img2img_prompt = image_examples()[0][1]
+    page.get_by_text("Pictures to try (image to image)").click()  # the examples wait, closed, below the panel
     page.get_by_text(img2img_prompt, exact=True).click()  # the first row of "Try a picture"
     has_picture("img2img-init")
     expect(page.locator("#img2img-prompt textarea")).to_have_value(img2img_prompt)

@@ -76,6 +76,9 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         txt.final = img.final = panel.final  # one panel, one final picture: the latest run's
         with gr.Accordion("Prompts to try (text to image)", open=False, elem_id="prompt-examples"):
             gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
+        if components.image_examples():  # below the panel too: in the tab they would push the live view off screen
+            with gr.Accordion("Pictures to try (image to image)", open=False, elem_id="image-examples"):
+                gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
         gr.Markdown("Type a prompt, press **Generate**, and watch the loop: the noisy latents, the U-Net's noise "
                     "estimates, classifier-free guidance, and the VAE turning latents back into pixels.")
         page = Page(demo=demo, models=models, runs=runs, panel=panel, txt=txt, img=img, strength=strength,
@@ -107,14 +110,12 @@ def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateContr
             # image_mode=None: the file as uploaded; sdviz.pipeline.settings.load_init_image converts RGBA,
             # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
             init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=150, elem_id="img2img-init")
+                                       sources=["upload", "clipboard"], height=110, elem_id="img2img-init")
             strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
-                              info="Noise added first: 1 = keep almost nothing", elem_id="img2img-strength")
+                              info="how much noise: 1 = almost all", elem_id="img2img-strength")
         with gr.Column(scale=4):
             steps = model.recommended.img2img_steps if model is not None else defaults.steps  # >= 1 step runs
             img = components.generate_controls(dataclasses.replace(defaults, steps=steps), model, "img2img")
-            if components.image_examples():
-                gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")
     # Checked at upload, not only at Generate: a fake or oversized picture is refused with its message (a toast)
     # and taken out of the input again.
     init_image.upload(teaching.check_upload, [init_image], None, **CHEAP_EVENTS).failure(
