@@ -649,7 +649,7 @@ class MallInfo2(ctypes.Structure):
 mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
 mallinfo2.restype = MallInfo2
 before = mallinfo2().hblkhd
-block = bytearray(16 << 20)  # over the 128 KiB start, under the 32 MiB cap of the raised threshold
+block = bytearray(16 << 20)  # over the 1 MiB threshold sdviz fixes, under the 32 MiB cap of a raised one
 del block
 block = bytearray(16 << 20)  # after a free: mapped on its own again, or taken from a heap glibc keeps?
 print(mallinfo2().hblkhd - before >= 16 << 20)
