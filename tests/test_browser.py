@@ -136,4 +136,7 @@ def test_generate_in_the_other_tab_leaves_one_clean_run(browser_app_url, browser
     assert re.search(r"Done: .*", status.inner_text()).group(0) == done
     assert "Stopped" not in status.inner_text()
     expect(page.locator("#final img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    page.evaluate("window.scrollTo(0, 0)")
+    for selector in ("#img2img-generate", "#final", "#img2img-init"):  # Image to image fits a projector too
+        assert inside_viewport(page, selector), selector
     shot(page, tmp_path / "cross-tab-1280x720.png", full_page=True)

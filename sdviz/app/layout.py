@@ -106,13 +106,13 @@ def _txt2img_tab(defaults: RunSettings, model) -> components.GenerateControls:
 
 def _img2img_tab(defaults: RunSettings, model) -> tuple[components.GenerateControls, gr.Image, gr.Slider]:
     with gr.Row():
-        with gr.Column(scale=1, min_width=200):
+        with gr.Column(scale=1, min_width=250):
             # image_mode=None: the file as uploaded; sdviz.pipeline.settings.load_init_image converts RGBA,
             # grey, palette and 16-bit pictures itself (Gradio's conversion blackens transparency)
             init_image = PictureUpload(label="Start from this picture", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=110, elem_id="img2img-init")
+                                       sources=["upload", "clipboard"], height=104, elem_id="img2img-init")
             strength = Slider(0.05, 1, value=defaults.strength, step=0.05, label="Strength",
-                              info="how much noise: 1 = almost all", elem_id="img2img-strength")
+                              elem_id="img2img-strength")  # no hint line: it would push the live view off a 720-px screen
         with gr.Column(scale=4):
             steps = model.recommended.img2img_steps if model is not None else defaults.steps  # >= 1 step runs
             img = components.generate_controls(dataclasses.replace(defaults, steps=steps), model, "img2img")
