@@ -66,7 +66,8 @@ def test_a_class_watches_the_loop_live_then_replays_it(browser_app_url, browser_
     page.evaluate(WATCH_LIVE)
 
     page.locator("#txt2img-generate").click()
-    expect(page.locator("#peek-status")).to_contain_text("Step 3 /")
+    # any step from the third on (each shows ~0.4 s in slow motion; expect's polls grow to 1 s apart under load)
+    expect(page.locator("#peek-status")).to_contain_text(re.compile(r"Step ([3-9]|1\d) /"))
     shot(page, tmp_path / "during-run-1280x720.png")
     final = page.locator("#final img")
     expect(final).to_have_attribute("src", re.compile(r"/gradio_api/file="))
@@ -117,7 +118,7 @@ def test_generate_in_the_other_tab_leaves_one_clean_run(browser_app_url, browser
     steps.press("Enter")
     page.locator("#peek-slow input").check()  # a text-to-image run of about 16 s
     page.locator("#txt2img-generate").click()
-    expect(page.locator("#peek-status")).to_contain_text("Step 2 /")
+    expect(page.locator("#peek-status")).to_contain_text(re.compile(r"Step \d+ /"))  # the run is going
 
     page.get_by_role("tab", name="Image to image").click()
     page.locator("#img2img-init input[type=file]").set_input_files(str(sorted(EXAMPLES.glob("*.png"))[0]))
