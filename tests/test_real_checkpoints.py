@@ -363,9 +363,8 @@ def test_an_offline_hub_id_says_it_needs_internet_in_one_sentence(monkeypatch):
     with pytest.raises(SdvizError) as caught:
         load_model("x/y", device="cpu")
     message = str(caught.value)
-    assert message == ("Could not load the Stable Diffusion model 'x/y': it is not on this machine, and it needs "
-                       "internet to download from the Hugging Face Hub (this machine is offline, or HF_HUB_OFFLINE "
-                       "is set).")
+    assert message == ("Could not load the Stable Diffusion model 'x/y': it is not on this machine and needs internet "
+                       "to download from the Hugging Face Hub (no internet here, or HF_HUB_OFFLINE is set).")
     failing_load(monkeypatch, OSError("x/y is not a valid model. Please check out the root cause in the stacktrace "
                                       "above."))
     with pytest.raises(SdvizError) as caught:

@@ -81,33 +81,16 @@ def load_for_app(name: str) -> Model:
     try:
         model = load_model(name)
     except SdvizError as err:
-        raise student_error(_load_message(name, err)) from err
+        raise student_error(err) from err  # one plain sentence already (sdviz.pipeline.models)
     use_cpu_threads(model)  # as the CLI does: same pixels, and a small model's loop is not slowed by idle threads
     preview_map(model)
     decodes_are_cheap(model)
     return model
 
 
-NETWORK_HINTS = ("not fully cached", "outgoing traffic", "offline", "connection", "resolve", "max retries", "network",
-                 "timed out", "name or service")
-
-
 def is_hub_id(name: str) -> bool:
     """A name that is neither the embedded model nor a folder here: loading it needs the Hugging Face hub."""
     return name != EMBEDDED and not Path(name).expanduser().exists()
-
-
-def _load_message(name: str, err: SdvizError) -> str:
-    """A failed load in one plain sentence. A hub model that cannot be fetched says so (diffusers' own message ends
-    in "see the stacktrace above", which a student cannot see); other failures keep sdviz's message."""
-    if not (is_hub_id(name) and str(err).startswith("Could not load")):
-        return str(err)
-    cause = str(err.__cause__ or err).lower()
-    if any(hint in cause for hint in NETWORK_HINTS):
-        return (f"Could not load {name}: it has to be downloaded from the Hugging Face hub, and this machine cannot "
-                f"reach it (no internet here); the embedded model works offline.")
-    return (f"Could not load {name} from the Hugging Face hub: is it a Stable Diffusion repository with "
-            f"safetensors weights? (the embedded model works offline)")
 
 
 def preview_map(model: Model) -> RgbMap:

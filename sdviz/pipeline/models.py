@@ -267,8 +267,8 @@ def _load_failure(name: str, local: bool, device: torch.device, dtype: torch.dty
                 f"{name!r} ({dtype_name} on {device}): keep fewer models loaded ({MAX_MODELS_ENV}, now "
                 f"{max_models()}), free the memory other programs hold, or use float16.")
     if not local and any(type(c).__name__ in _OFFLINE_ERRORS or isinstance(c, ConnectionError) for c in causes):
-        return (f"Could not load the Stable Diffusion model {name!r}: it is not on this machine, and it needs internet "
-                f"to download from the Hugging Face Hub (this machine is offline, or HF_HUB_OFFLINE is set).")
+        return (f"Could not load the Stable Diffusion model {name!r}: it is not on this machine and needs internet to "
+                f"download from the Hugging Face Hub (no internet here, or HF_HUB_OFFLINE is set).")
     said = str(err).replace("Please check out the root cause in the stacktrace above.", "").strip()
     where = "folder" if local else "hub id (does it exist, with safetensors weights?)"
     return f"Could not load the Stable Diffusion model {name!r} from this {where}: {said}"
