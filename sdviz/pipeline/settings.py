@@ -31,6 +31,10 @@ class RunSettings:
     height: int | None = None  # None: the model's recommended size
     width: int | None = None
     strength: float = 0.8  # image to image: how much of the schedule to run (1 = all of it)
+    guidance_rescale: float = 0.0  # 0..1: pull the guided estimate's spread back to the text one's (Lin et al. 2023)
+    guidance_start: float = 0.0  # CFG only on this share of the loop's steps: from start (0 = the first step) ...
+    guidance_end: float = 1.0  # ... to end (1 = the last); elsewhere one U-Net pass, the prompt's
+    text_layer: int | None = None  # Diffusion Lens: the text encoder's hidden state after this layer (None: the last)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -47,6 +51,16 @@ def check_settings(s: RunSettings, img2img: bool = False) -> RunSettings:
         raise SdvizError(f"Guidance scale must be a finite number of 0 or more (got {g!r}); 1 or less means no guidance.")
     if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or not 0 <= s.seed <= MAX_SEED:
         raise SdvizError(f"Seed must be a whole number from 0 to {MAX_SEED} (got {s.seed!r}).")
+    r = s.guidance_rescale
+    if isinstance(r, bool) or not isinstance(r, (int, float, np.number)) or not math.isfinite(r) or not 0 <= r <= 1:
+        raise SdvizError(f"Guidance rescale must be a number from 0 to 1 (got {r!r}).")
+    a, b = s.guidance_start, s.guidance_end
+    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) for v in (a, b)) \
+            or not 0 <= a < b <= 1:
+        raise SdvizError(f"The guidance interval must satisfy 0 <= start < end <= 1 (got {a!r} to {b!r}).")
+    layer = s.text_layer
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 1):
+        raise SdvizError(f"The text layer must be a whole number from 1 (got {layer!r}).")
     for name in ("height", "width"):
         side = getattr(s, name)
         if side is None:

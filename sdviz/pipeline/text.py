@@ -49,14 +49,22 @@ def tokenize(tokenizer, text: str) -> Tokens:
 
 
 @torch.no_grad()
-def embed(model, tokens: Tokens) -> torch.Tensor:
-    """CLIP's last hidden state for the tokens: one embedding vector per token, [1, max_length, dim]."""
+def embed(model, tokens: Tokens, layer: int | None = None) -> torch.Tensor:
+    """CLIP's last hidden state for the tokens: one embedding vector per token, [1, max_length, dim].
+
+    ``layer`` (Diffusion Lens, Toker et al. 2024): the hidden state after that encoder layer instead, through the
+    encoder's final layer norm as the last layer's is (so the last layer gives the usual embeddings exactly)."""
     ids = torch.tensor([tokens.ids], device=model.device)
     attention_mask = None  # like diffusers: CLIP checkpoints do not ask for a mask, so padding is attended to
     if getattr(model.text_encoder.config, "use_attention_mask", False):
         attention_mask = torch.ones_like(ids)
         attention_mask[0, tokens.n_prompt_tokens + 2 :] = 0
-    return model.text_encoder(ids, attention_mask=attention_mask)[0].to(model.text_encoder.dtype)
+    if layer is None:
+        return model.text_encoder(ids, attention_mask=attention_mask)[0].to(model.text_encoder.dtype)
+    out = model.text_encoder(ids, attention_mask=attention_mask, output_hidden_states=True)
+    encoder = getattr(model.text_encoder, "text_model", model.text_encoder)  # transformers < 5 nests it
+    hidden = encoder.final_layer_norm(out.hidden_states[layer])  # hidden_states[0]: the token embeddings
+    return hidden.to(model.text_encoder.dtype)
 
 
 @dataclass
@@ -73,12 +81,15 @@ class PromptEmbeddings:
         return torch.cat([self.uncond_embeds, self.text_embeds])
 
 
-def encode_prompt(model, prompt: str, negative_prompt: str, guidance: bool) -> PromptEmbeddings:
+def encode_prompt(model, prompt: str, negative_prompt: str, guidance: bool,
+                  layer: int | None = None) -> PromptEmbeddings:
+    """The prompt's embeddings (and the negative prompt's, for CFG), from the text encoder's last layer or, for
+    Diffusion Lens, both from encoder layer ``layer``: the text encoder as if it ended there."""
     tokens = tokenize(model.tokenizer, prompt)
     negative = tokenize(model.tokenizer, negative_prompt or "") if guidance else None
     return PromptEmbeddings(
         prompt=tokens,
         negative=negative,
-        text_embeds=embed(model, tokens),
-        uncond_embeds=embed(model, negative) if negative is not None else None,
+        text_embeds=embed(model, tokens, layer),
+        uncond_embeds=embed(model, negative, layer) if negative is not None else None,
     )

@@ -78,6 +78,7 @@ class Trace:
     init_image: Image.Image | None = None
     seconds: float = 0.0
     environment: dict = field(default_factory=dict)
+    unet_passes: int = 0  # U-Net evaluations of this sample: 2 a step where CFG ran, 1 elsewhere
 
     @property
     def timesteps(self) -> list[float]:
