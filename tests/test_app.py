@@ -25,9 +25,9 @@ from sdviz.app.playground import run_settings
 from sdviz.app.services import load_for_app
 from sdviz.cli import main as cli
 from sdviz.errors import SdvizError
-from sdviz.pipeline import vae
+from sdviz.pipeline import batching, vae
 from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.pipeline.sampler import denoise, generate
+from sdviz.pipeline.sampler import denoise_batch, generate
 from sdviz.pipeline.settings import RunSettings, check_settings
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
@@ -200,13 +200,13 @@ def test_stopping_the_event_ends_the_loop_at_the_step_it_is_on(tiny_model_dir, p
 
     def watched_denoise(*args, **kwargs):  # the real loop, watched
         try:
-            for item in denoise(*args, **kwargs):
+            for item in denoise_batch(*args, **kwargs):
                 computed.append(item)
                 yield item
         finally:
             closed.append(True)
 
-    monkeypatch.setattr(services, "denoise", watched_denoise)
+    monkeypatch.setattr(batching, "denoise_batch", watched_denoise)
     settings = RunSettings(prompt="a red circle", steps=200, guidance_scale=5.0)
     event = playground.live_run(*panel_and_states, str(tiny_model_dir), settings)
     next(event)  # "Starting"

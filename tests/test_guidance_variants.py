@@ -46,7 +46,7 @@ def test_guidance_on_an_interval_saves_unet_passes_and_only_there(tiny_model):
     assert [r.noise_uncond is not None for r in first_half.steps] == [True] * 3 + [False] * 3
     assert [r.noise_uncond is not None for r in middle.steps] == [False, False, True, True, False, False]
     # Up to the interval's end the run is the full-CFG run; after it the steps follow the prompt alone.
-    for a, b in zip(full.steps[:3], first_half.steps[:3]):
+    for a, b in zip(full.steps[:3], first_half.steps[:3], strict=True):
         assert torch.equal(a.noise_guided, b.noise_guided)
     assert torch.equal(first_half.steps[4].noise_guided, first_half.steps[4].noise_text)
     assert not torch.equal(full.final_latents, first_half.final_latents)

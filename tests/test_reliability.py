@@ -35,7 +35,8 @@ from sdviz.app.sessions import DONE, RUNNING, STOPPED, SessionRuns
 from sdviz.errors import SdvizError
 from sdviz.lessons import peek
 from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
-from sdviz.pipeline.sampler import denoise
+from sdviz.pipeline import batching
+from sdviz.pipeline.sampler import denoise, denoise_batch
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.trace import StepRecord, Trace
 
@@ -65,20 +66,20 @@ def picture(file_data: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
 
 
-def slow_loop(*args, **kwargs):
-    """The real loop; 0.05 s a step when the prompt asks for it (so a run lasts long enough to stop it)."""
-    slow = SLOW in args[1].prompt
-    for item in denoise(*args, **kwargs):
-        if slow and isinstance(item, StepRecord):
+def slow_loop(model, starts):
+    """The real loop; 0.05 s a step when a prompt of the batch asks for it (so a run lasts long enough to stop it)."""
+    slow = any(SLOW in start.settings.prompt for start in starts)
+    for items in denoise_batch(model, starts):
+        if slow and isinstance(items[0], StepRecord):
             time.sleep(0.05)
-        yield item
+        yield items
 
 
 @pytest.fixture(scope="module")
 def temp_dir(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-    mp.setattr(services, "denoise", slow_loop)
+    mp.setattr(batching, "denoise_batch", slow_loop)
     # Gradio notices a closed tab when its heartbeat (every 15 s) fails to write; this makes it every 0.25 s
     mp.setenv("GRADIO_IS_E2E_TEST", "1")
     yield
@@ -286,13 +287,13 @@ def test_an_unexpected_error_is_not_shown_raw_but_the_app_keeps_serving(one_slot
         raise RuntimeError("secret detail from /root/.cache")
         yield
 
-    monkeypatch.setattr(services, "denoise", broken_loop)
+    monkeypatch.setattr(batching, "denoise_batch", broken_loop)
     user = client(url)
     try:
         with pytest.raises(AppError) as err:
             user.predict("a red circle", steps=3, api_name="/txt2img")
         assert "secret" not in str(err.value) and "/root" not in str(err.value)
-        monkeypatch.setattr(services, "denoise", slow_loop)
+        monkeypatch.setattr(batching, "denoise_batch", slow_loop)
         assert user.predict("a red circle", steps=3, api_name="/txt2img")[1].startswith("Done")
     finally:
         user.close()
@@ -551,13 +552,23 @@ def test_models_come_from_an_allow_list_and_nothing_else_is_accepted():
 
 def test_capacity_comes_from_the_environment_with_defaults_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert hosting.capacity(cpu, {}) == hosting.Capacity(1, 64, 500)
-    assert hosting.capacity(cuda, {}).concurrency == 2
-    env = {"SDVIZ_CONCURRENCY": "3", "SDVIZ_QUEUE_SIZE": "10", "SDVIZ_MAX_SESSIONS": "50"}
-    assert hosting.capacity(cpu, env) == hosting.Capacity(3, 10, 50)
+    assert hosting.capacity(cpu, {}) == hosting.Capacity(32, 64, 500, lesson_concurrency=1)  # a class at once
+    assert hosting.capacity(cuda, {}).lesson_concurrency == 2
+    env = {"SDVIZ_CONCURRENCY": "3", "SDVIZ_QUEUE_SIZE": "10", "SDVIZ_MAX_SESSIONS": "50",
+           "SDVIZ_LESSON_CONCURRENCY": "4"}
+    assert hosting.capacity(cpu, env) == hosting.Capacity(3, 10, 50, lesson_concurrency=4)
     for bad in ("0", "-2", "many"):
         with pytest.raises(SdvizError, match="SDVIZ_QUEUE_SIZE must be a whole number of 1 or more"):
             hosting.capacity(cpu, {"SDVIZ_QUEUE_SIZE": bad})
+
+
+def test_batch_size_by_model_size_and_device_and_batching_can_be_turned_off(tiny_model):
+    big = types.SimpleNamespace(unet=torch.nn.Linear(8000, 8000), device=torch.device("cpu"))  # 64 M parameters
+    assert hosting.batch_size(tiny_model, {}) == 32  # a small U-Net: a class in one batch, even on a CPU
+    assert hosting.batch_size(big, {}) == 1  # a big one on a CPU: one run fills the machine
+    assert hosting.batch_size(types.SimpleNamespace(unet=big.unet, device=torch.device("cuda")), {}) == 8
+    assert hosting.batch_size(tiny_model, {"SDVIZ_BATCH": "5"}) == 5
+    assert hosting.batching({}) and not hosting.batching({"SDVIZ_BATCH": "1"})
 
 
 def test_gpu_is_a_no_op_without_the_spaces_package_and_spaces_gpu_with_it(monkeypatch):

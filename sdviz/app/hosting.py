@@ -7,8 +7,13 @@ built:
     SDVIZ_MODELS        comma-separated allow-list of models; the first is the default. Only these can ever be
                         loaded, from the page or the API (default: the embedded model and the hub checkpoints
                         sdviz knows)
-    SDVIZ_CONCURRENCY   runs computed at the same time (default: 1 on a CPU or Apple GPU, 2 on a CUDA GPU)
-    SDVIZ_QUEUE_SIZE    requests that may wait; one more gets "this application is busy" (default 64)
+    SDVIZ_CONCURRENCY   users whose runs are served at the same time (default 32, a class): their runs share one
+                        loop, batched, when they can (same model, size, steps, scheduler and strength)
+    SDVIZ_BATCH         the most runs in one batch (default: 32 for small models like the embedded one; for
+                        larger ones 8 on a CUDA GPU, 1 on a CPU or Apple GPU, where one run already fills the
+                        machine); 1 turns batching off
+    SDVIZ_LESSON_CONCURRENCY  teaching-tab experiments computed at the same time (default 1; 2 on a CUDA GPU)
+    SDVIZ_QUEUE_SIZE    requests that may wait beyond those; one more gets "this application is busy" (default 64)
     SDVIZ_MAX_SESSIONS  browser sessions whose latest run is kept in memory (default 500)
     SDVIZ_SESSION_MB    memory for those runs (traces and their VAE decodes), in MB; the least recently used go
                         first beyond it (default 2048: a 512x512 SD 1.5 run with its decodes is about 16 MB, so
@@ -33,11 +38,15 @@ from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS, pick_device
 
 MODELS_ENV = "SDVIZ_MODELS"
 CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
+BATCH_ENV = "SDVIZ_BATCH"
+LESSON_CONCURRENCY_ENV = "SDVIZ_LESSON_CONCURRENCY"
 QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"
 MAX_SESSIONS_ENV = "SDVIZ_MAX_SESSIONS"
 SESSION_MB_ENV = "SDVIZ_SESSION_MB"
 
 DEFAULT_QUEUE_SIZE = 64
+DEFAULT_CONCURRENCY = 32  # a class served at once (their runs batched); more wait in the queue
+SMALL_MODEL_PARAMS = 50_000_000  # U-Nets below this (the embedded one: 2 M) batch 32 runs even on a CPU
 DEFAULT_MAX_SESSIONS = 500
 DEFAULT_SESSION_MB = 2048
 MAX_UPLOAD = "10mb"  # the largest file the server accepts (a picture for image to image)
@@ -63,15 +72,16 @@ def check_allowed(name: object, allowed: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Capacity:
-    concurrency: int  # runs computed at the same time
+    concurrency: int  # users whose runs are served at the same time (batched together where they can be)
     queue_size: int  # requests that may wait for a slot (all events together)
     max_sessions: int  # sessions whose latest run stays in memory (and Gradio's own session limit)
     session_bytes: int = DEFAULT_SESSION_MB * 2**20  # memory those runs may hold together
+    lesson_concurrency: int = 1  # teaching-tab experiments computed at the same time
 
 
-def default_concurrency(device: torch.device) -> int:
-    """One run at a time on a CPU (a run already uses every core) or an Apple GPU; two on a CUDA GPU, where a
-    second run fills the gaps of the first (small models and short steps leave the GPU idle between kernels)."""
+def default_lesson_concurrency(device: torch.device) -> int:
+    """One experiment at a time on a CPU (one already uses every core) or an Apple GPU; two on a CUDA GPU, where a
+    second fills the gaps of the first (small models and short steps leave the GPU idle between kernels)."""
     return 2 if device.type == "cuda" else 1
 
 
@@ -81,11 +91,29 @@ def capacity(device: torch.device | None = None, env: Mapping[str, str] | None =
     env = os.environ if env is None else env
     device = pick_device()[0] if device is None else device
     return Capacity(
-        concurrency=_positive_int(env, CONCURRENCY_ENV, default_concurrency(device)),
+        concurrency=_positive_int(env, CONCURRENCY_ENV, DEFAULT_CONCURRENCY),
         queue_size=_positive_int(env, QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE),
         max_sessions=_positive_int(env, MAX_SESSIONS_ENV, DEFAULT_MAX_SESSIONS),
         session_bytes=_positive_int(env, SESSION_MB_ENV, DEFAULT_SESSION_MB) * 2**20,
+        lesson_concurrency=_positive_int(env, LESSON_CONCURRENCY_ENV, default_lesson_concurrency(device)),
     )
+
+
+def batch_size(model, env: Mapping[str, str] | None = None) -> int:
+    """The most runs one batch of the loop holds for ``model`` (``SDVIZ_BATCH``, or a default by its size and device:
+    batching pays where one run leaves the machine idle, and a batch of big models must fit in memory)."""
+    env = os.environ if env is None else env
+    if env.get(BATCH_ENV):
+        return _positive_int(env, BATCH_ENV, 1)
+    if sum(p.numel() for p in model.unet.parameters()) < SMALL_MODEL_PARAMS:
+        return 32
+    return 8 if model.device.type == "cuda" else 1
+
+
+def batching(env: Mapping[str, str] | None = None) -> bool:
+    """Whether playground runs go through the batcher (``SDVIZ_BATCH=1`` sends each run to a loop of its own)."""
+    env = os.environ if env is None else env
+    return env.get(BATCH_ENV, "").strip() != "1"
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -27,11 +27,13 @@ from sdviz.errors import SdvizError
 from sdviz.lessons import experiments, unet_diagram
 from sdviz.pipeline.settings import RunSettings
 
-GENERATE_CONCURRENCY_ID = "generate"  # every event that runs a model part shares the generate slots
+GENERATE_CONCURRENCY_ID = "generate"  # the generate events of both tabs: their runs are batched (services.RunStream)
+LESSON_CONCURRENCY_ID = "lessons"  # the teaching tabs' experiments: each its own model calls
 PEEK_CONCURRENCY_ID = "peek"  # scrubbing and full decodes: cheap, but they use the VAE
 PEEK_CONCURRENCY = 4
 EXPORT_CONCURRENCY_ID = "export"
-MODEL_EVENTS = dict(api_visibility="private", concurrency_id=GENERATE_CONCURRENCY_ID, concurrency_limit=None)
+MODEL_EVENTS = dict(api_visibility="private", concurrency_id=LESSON_CONCURRENCY_ID, concurrency_limit=None)  # the
+# limit of the "lessons" id is set once, by build_demo's first event with it (Gradio keeps the smallest limit given)
 CHEAP_EVENTS = dict(api_visibility="private", concurrency_limit=None)
 PEEK_EVENTS = dict(api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
                    show_progress="hidden")  # decodes of stored steps: cheap, but they use the VAE
@@ -84,6 +86,9 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         page = Page(demo=demo, models=models, runs=runs, panel=panel, txt=txt, img=img, strength=strength,
                     model_state=model_state, model_info=model_info, run_state=run_state, slow_state=slow_state)
         _wire_playground(page, init_image, concurrency_limit or limits.concurrency)
+        gr.Button(visible=False, elem_id="lesson-slots").click(  # never clicked: sets the "lessons" slots' limit
+            lambda: None, api_visibility="private", concurrency_id=LESSON_CONCURRENCY_ID,
+            concurrency_limit=limits.lesson_concurrency)
         model_choice.change(
             bind(playground.choose_model, page), [model_choice, model_state],
             [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
@@ -356,5 +361,8 @@ def launch_kwargs() -> dict:
         "css": texts.CSS,
         "footer_links": ["api", "gradio", "settings"],
         "state_session_capacity": hosting.capacity().max_sessions,
+        # Gradio runs each event in a worker thread (40 by default): a class's streaming runs, their follow-ups and the
+        # teaching tabs' events all need one at once
+        "max_threads": hosting.capacity().concurrency + 4 * PEEK_CONCURRENCY + 16,
         **hosting.secure_launch_settings(),
     }

@@ -2,7 +2,8 @@
 panel, and choosing a model. Plain module-level functions; :mod:`sdviz.app.layout` binds each to the page's :class:`Page`.
 
 How a run streams (:func:`live_run`): the event iterates the one denoising loop
-(:func:`sdviz.pipeline.sampler.denoise`, through :func:`sdviz.app.services.run_loop_on_gpu`) and yields a live update
+(:func:`sdviz.pipeline.sampler.denoise_batch`, through :class:`sdviz.app.services.RunStream`: batched with the runs
+of other users who pressed Generate at the same time) and yields a live update
 for a step whenever that keeps the time the loop spends waiting for updates within ``LIVE_BUDGET`` of the run (on a
 slow model every step is shown, on a fast one the newest step a few times a second); every step stays in the run
 for scrubbing and the timeline. Live pictures are real VAE decodes when the model's decodes are cheap
@@ -11,8 +12,9 @@ for scrubbing and the timeline. Live pictures are real VAE decodes when the mode
 real decodes. Slow motion shows every step. After a run the timeline (a ``gr.Timer``: :func:`play_pause`,
 :func:`step_forward`, :func:`step_back`) steps the whole panel.
 
-The loop runs in the event's own thread, not a helper thread: a helper would fight the page's rendering for
-Python's global lock, and on a small model that slowed the loop itself several times.
+The loop runs in the events' own threads, not a helper thread (:mod:`sdviz.pipeline.batching`: whichever user's
+thread is free computes the batch's next step): a helper would fight the page's rendering for Python's global lock,
+and on a small model that slowed a lone run several times.
 
 Many users (see docs/reliability.md): the panel always shows the session's latest run
 (:class:`sdviz.app.sessions.PanelRun`); Stop ends the loop after the step in progress; the events that follow a
@@ -54,7 +56,7 @@ from sdviz.pipeline.models import Model
 from sdviz.pipeline.sampler import expected_steps
 from sdviz.pipeline.settings import MAX_SEED, RunSettings, check_settings
 from sdviz.pipeline.text import tokenize
-from sdviz.pipeline.trace import StepRecord, Trace
+from sdviz.pipeline.trace import Trace
 from sdviz.toy.model import is_toy_tokenizer, known_words, unknown_words
 
 UI_MAX_SEED = 2**32 - 1  # what the dice makes (typed seeds may go up to MAX_SEED, like the CLI's)
@@ -265,7 +267,7 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
         panel.status: f"{note}Starting: {expected} steps on **{model_label(model.name)}**…",
         panel.step: gr.Slider(minimum=1, maximum=max(expected, 2), value=1, interactive=False),
     }
-    steps = services.run_loop_on_gpu(model_name, settings, init_image)
+    steps = services.RunStream(model_name, settings, init_image)  # batched with other users' runs where it can be
     try:
         yield from _stream_steps(panel, model, run, steps, expected, note, slow)
     except GeneratorExit:
@@ -296,9 +298,12 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
     }
 
 
-def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator[StepRecord | Trace], expected: int,
+def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: services.RunStream, expected: int,
                   note: str, slow: bool = False) -> Iterator[dict]:
-    """Collect the loop's steps into ``run`` and yield a live update when the budget allows (see :func:`live_run`)."""
+    """Collect the loop's steps into ``run`` and yield a live update when the budget allows (see :func:`live_run`).
+
+    In a batch of n users the budget is each user's n-th share (their updates are drawn on the same cores as the
+    loop), and a step is not drawn at all when a newer one is already computed: the browser would never show it."""
     started = time.perf_counter()
     waited = 0.0  # seconds the loop has spent waiting for live updates
     plot_cost = 0.2  # what the next live plot may cost (drawn here, encoded by Gradio); measured as we go
@@ -311,12 +316,13 @@ def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: Iterator
         if run.stop_requested.is_set():
             return  # Stop: the loop ends at this step
         update_started = time.perf_counter()
-        if not slow and item.index > 0 and waited > LIVE_BUDGET * (update_started - started):
+        budget = LIVE_BUDGET / max(1, steps.batch_size) * (update_started - started)
+        if not slow and ((item.index > 0 and waited > budget) or steps.behind()):
             continue  # keep the loop going; the run keeps this step for scrubbing
         if replaying(run):
             continue  # the timeline replays the steps so far: the live frames wait (the run goes on)
         total = max(expected, len(run.steps))
-        draw_plot = slow or waited + plot_cost <= LIVE_BUDGET * (update_started - started)
+        draw_plot = slow or waited + plot_cost <= budget
         plot_started = time.perf_counter()
         values = frame_values(panel, model, run, item.index, total, live=True, plot=draw_plot)
         if draw_plot:

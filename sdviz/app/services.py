@@ -29,6 +29,7 @@ from sdviz.errors import SdvizError
 from sdviz.lessons import experiments, export, forward, latent_space, text_attention
 from sdviz.lessons.peek import RgbMap
 from sdviz.pipeline import capture, vae
+from sdviz.pipeline.batching import Batcher
 from sdviz.pipeline.models import EMBEDDED, Model, load_model, use_cpu_threads
 from sdviz.pipeline.sampler import denoise
 from sdviz.pipeline.settings import RunSettings, load_init_image
@@ -152,8 +153,8 @@ def decodes_are_cheap(model: Model) -> bool:
 
 
 def run_loop(model_name: str, settings: RunSettings, init_image=None) -> Iterator[StepRecord | Trace]:
-    """The one denoising loop (:func:`sdviz.pipeline.sampler.denoise`) for one run of the app. On ZeroGPU it runs in
-    a GPU worker (:data:`run_loop_on_gpu`), which passes on only gr.Error messages: hence the translation here."""
+    """The one denoising loop (:func:`sdviz.pipeline.sampler.denoise`) for one run of the app, alone. On ZeroGPU it
+    runs in a GPU worker (:data:`run_loop_on_gpu`), which passes on only gr.Error messages: hence the translation."""
     try:
         yield from denoise(load_model(model_name), settings, init_image)
     except SdvizError as err:
@@ -161,6 +162,48 @@ def run_loop(model_name: str, settings: RunSettings, init_image=None) -> Iterato
 
 
 run_loop_on_gpu = hosting.gpu(run_loop, duration=hosting.loop_seconds)
+
+
+class RunStream:
+    """One run of the app as the playground reads it: its steps, then its trace. On a server of its own (not ZeroGPU)
+    the run joins :func:`batcher`'s batches with the other users' runs; ``close()`` (Stop) drops only this run."""
+
+    def __init__(self, model_name: str, settings: RunSettings, init_image=None) -> None:
+        self.ticket = None
+        if hosting.zero_gpu() or not hosting.batching():
+            self._steps = run_loop_on_gpu(model_name, settings, init_image)  # each call its own loop
+        else:
+            self.ticket = batcher().submit(model_name, settings, init_image)
+            self._steps = self._from_ticket()
+
+    def _from_ticket(self) -> Iterator[StepRecord | Trace]:
+        try:
+            yield from self.ticket
+        except SdvizError as err:
+            raise student_error(err) from err
+
+    def __iter__(self) -> Iterator[StepRecord | Trace]:
+        return self._steps
+
+    def behind(self) -> bool:
+        """Whether newer steps are already computed than the one just taken (then showing this one is wasted)."""
+        return self.ticket is not None and self.ticket.waiting() > 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.ticket.batch_size if self.ticket is not None else 1
+
+    def close(self) -> None:
+        if self.ticket is not None:
+            self.ticket.stop()
+        self._steps.close()
+
+
+@functools.cache
+def batcher() -> Batcher:
+    """The process's one :class:`~sdviz.pipeline.batching.Batcher`: every playground run on this server goes through
+    it, so the runs of users who press Generate together share the loop."""
+    return Batcher(load_model, hosting.batch_size)
 
 
 @hosting.gpu(duration=hosting.QUICK_SECONDS)

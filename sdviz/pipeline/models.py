@@ -153,6 +153,18 @@ def use_cpu_threads(model: Model) -> int:
         return _threads
 
 
+def use_batch_threads(model: Model, batch: int) -> int:
+    """Threads for one step of a batch of ``batch`` runs: a lone run keeps :func:`use_cpu_threads`' count (the CLI's:
+    the same pixels); several runs together make operations big enough for every core (measured on 2 cores, a class
+    of 30 with the embedded model: see docs/reliability.md)."""
+    threads = use_cpu_threads(model)
+    if batch > 1 and model.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(threads, _DEFAULT_THREADS)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 MAX_MODELS_ENV = "SDVIZ_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2  # three hub models in float32 on the CPU would be about 14 GB
 

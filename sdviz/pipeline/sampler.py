@@ -200,7 +200,7 @@ def denoise_batch(model, starts: Sequence[Start]) -> Iterator[list[StepRecord] |
     passes = [0] * len(starts)
     for step in reverse_steps(scheduler, latents, timesteps, _unet_predictor(model, starts), step_kwargs):
         out = []
-        for j, start in enumerate(starts):
+        for j in range(len(starts)):
             uncond = step.estimate.uncond[j]
             passes[j] += 1 if uncond is None else 2
             record = StepRecord(

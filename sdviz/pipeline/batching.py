@@ -1,0 +1,320 @@
+"""A classroom at once: requests from many users that can share a loop run as one batch.
+
+Thirty students pressing Generate together would otherwise queue for thirty loops one after another. The
+:class:`Batcher` gathers requests (in a busy moment, for a few tens of milliseconds), prepares each one on its own (a bad request
+fails alone, see :func:`sdviz.pipeline.sampler.prepare`), and runs those that share a schedule (same model, size,
+steps, scheduler and strength) through :func:`sdviz.pipeline.sampler.denoise_batch`, the one loop. Each request
+gets a :class:`Ticket`: its own steps arrive there as the batch computes them, its own Stop drops only it, and its
+picture is its own seed's (within 1/255 of the lone run's, docs/reliability.md).
+
+Identical requests (the same example pressed by ten students) share one row of the batch, and finished runs stay in
+a small cache, so a repeated request is answered at once with the same picture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdviz.pipeline.models import use_batch_threads
+from sdviz.pipeline.sampler import InitImage, Start, denoise_batch, prepare
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.trace import StepRecord, Trace
+
+GATHER_S = 0.03  # in a busy moment a new batch waits until no request has come for this long ...
+MAX_GATHER_S = 0.4  # ... but no longer than this (a class's presses reach the server over a few hundred ms)
+IDLE_S = 2.0  # after this long without requests a new one starts at once (a lone user waits for nobody)
+POLL_S = 1.0  # a waiting request is woken when its batch steps, ends or needs a thread; this is only a safety net
+_END = object()
+
+
+class Ticket:
+    """One request's view of its batch: iterate it for the run's step records and then its trace.
+
+    There is no worker thread: whoever iterates a ticket and finds nothing new steps the batch itself (a lone user's
+    run is computed in the user's own thread, between its live updates, as without batching); while one user's
+    thread draws its live view, another's computes the next step for everyone."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._items: deque = deque()  # guarded by the batcher's lock
+        self.stopped = threading.Event()
+        self.batch_size = 0  # requests computed together with this one (0 until its batch starts)
+
+    def __iter__(self) -> Iterator[StepRecord | Trace]:
+        lock = self._batcher._lock
+        while not self.stopped.is_set():
+            with lock:
+                item = self._items.popleft() if self._items else None
+            if item is None:
+                if not self._batcher._work():
+                    with lock:
+                        if not self._items:
+                            lock.wait(POLL_S)
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Trace):
+                return
+
+    def waiting(self) -> int:
+        """Records already computed but not yet taken: more than 0 means the reader is behind the loop."""
+        with self._batcher._lock:
+            return len(self._items)
+
+    def stop(self) -> None:
+        """Leave the batch: this ticket gets nothing more; the others go on."""
+        self.stopped.set()
+        self._batcher._left()
+
+    def _put(self, item) -> None:  # under the batcher's lock
+        if not self.stopped.is_set():
+            self._items.append(item)
+
+
+@dataclass
+class _Request:
+    model_name: str
+    settings: RunSettings
+    init_image: InitImage | None
+    key: str | None  # what makes two requests identical (None: never shared)
+    tickets: list[Ticket] = field(default_factory=list)
+    start: Start | None = None
+
+    def live(self) -> list[Ticket]:
+        return [t for t in self.tickets if not t.stopped.is_set()]
+
+
+@dataclass
+class _Batch:
+    requests: list[_Request]
+    model: object
+    loop: Iterator  # denoise_batch's generator
+    busy: bool = False  # a thread is computing its next step
+
+
+class Batcher:
+    """Batches the runs submitted together (one batch computes at a time: a run already uses every core).
+
+    ``load(model_name)`` gives the model; ``max_batch(model)`` how many requests one batch may hold (memory and
+    device decide: see :func:`sdviz.app.hosting.batch_size`). Finished runs are kept for repeats, up to
+    ``cache_mb`` of their traces.
+    """
+
+    def __init__(self, load: Callable[[str], object], max_batch: Callable[[object], int] = lambda model: 32,
+                 *, gather_s: float = GATHER_S, cache_mb: float = 256) -> None:
+        self._load, self._max_batch, self._gather_s = load, max_batch, gather_s
+        self._lock = threading.Condition()
+        self._pending: list[_Request] = []
+        self._batch: _Batch | None = None
+        self._forming = False
+        self._cache: OrderedDict[str, tuple[Trace, int]] = OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
+        self._last_request = -IDLE_S
+        self._busy_moment = False
+        self.batches: deque[int] = deque(maxlen=1000)  # the sizes of the latest batches (benchmarks and tests)
+
+    # -- the users' side ---------------------------------------------------------------------------------------
+
+    def submit(self, model_name: str, settings: RunSettings, init_image: InitImage | None = None) -> Ticket:
+        """Queue one run; iterate the returned ticket for its steps (a cached identical run's come at once)."""
+        ticket = Ticket(self)
+        key = request_key(model_name, settings, init_image)
+        with self._lock:
+            if self._replay(key, ticket):
+                return ticket
+            now = time.monotonic()
+            self._busy_moment = now - self._last_request < IDLE_S
+            self._last_request = now
+            for request in self._pending:  # the same request already waiting: share its row
+                if key is not None and request.key == key:
+                    request.tickets.append(ticket)
+                    return ticket
+            self._pending.append(_Request(model_name, settings, init_image, key, [ticket]))
+        return ticket
+
+    def forget_finished(self) -> None:
+        """Empty the cache of finished runs (the next identical request is computed again)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
+
+    def _replay(self, key: str | None, ticket: Ticket) -> bool:
+        """Serve a finished identical run from the cache (under the lock)."""
+        if key is None or key not in self._cache:
+            return False
+        self._cache.move_to_end(key)
+        trace = self._cache[key][0]
+        ticket.batch_size = 1
+        for record in trace.steps:
+            ticket._put(record)
+        ticket._put(trace)
+        return True
+
+    # -- the work, done by whichever waiting user's thread finds some ---------------------------------------------
+
+    def _work(self) -> bool:
+        """Form the next batch or compute the current one's next step, if nobody else is; False if nothing to do."""
+        with self._lock:
+            batch = self._batch
+            if batch is None and self._pending and not self._forming:
+                self._forming, busy = True, self._busy_moment
+            elif batch is not None and not batch.busy:
+                batch.busy = True
+            else:
+                return False
+        if batch is None:
+            self._form(busy)
+        else:
+            self._step(batch)
+        return True
+
+    def _form(self, busy: bool) -> None:
+        try:
+            if busy:  # a busy moment: let the others join this batch, while they keep coming
+                deadline = time.monotonic() + MAX_GATHER_S
+                seen = -1
+                while time.monotonic() < deadline:
+                    with self._lock:
+                        count = len(self._pending)
+                    if count == seen:
+                        break
+                    seen = count
+                    time.sleep(self._gather_s)
+            with self._lock:
+                taken, self._pending = self._pending, []
+            requests, rest, model = self._choose(taken)  # outside the lock: preparing takes a moment
+            with self._lock:
+                self._pending[:0] = rest
+                if requests:
+                    for request in requests:
+                        for ticket in request.tickets:
+                            ticket.batch_size = len(requests)
+                    self.batches.append(len(requests))
+                    self._batch = _Batch(requests, model, denoise_batch(model, [r.start for r in requests]))
+        finally:
+            with self._lock:
+                self._forming = False
+                self._lock.notify_all()
+
+    def _choose(self, taken: list[_Request]) -> tuple[list[_Request], list[_Request], object]:
+        """The oldest request's model and schedule, and every taken request that shares them (up to the batch
+        limit); the rest wait for the next batch. Requests are prepared here, one by one: a bad one fails alone."""
+        name = taken[0].model_name
+        try:
+            model = self._load(name)
+        except Exception as err:  # noqa: BLE001 - every request for this model hears why it did not load
+            for request in taken:
+                if request.model_name == name:
+                    self._fail(request, err)
+            return [], [r for r in taken if r.model_name != name], None
+        limit = max(1, int(self._max_batch(model)))
+        batch, rest, key = [], [], None
+        for request in taken:
+            if request.model_name != name or len(batch) >= limit:
+                rest.append(request)
+                continue
+            if not request.live():
+                continue  # everyone who asked for it pressed Stop before it started
+            with self._lock:
+                served = request.key is not None and all(self._replay(request.key, t) for t in request.live())
+            if served:
+                continue  # finished meanwhile by an earlier batch
+            if request.start is None:
+                try:
+                    request.start = prepare(model, request.settings, request.init_image)
+                except Exception as err:  # noqa: BLE001 - the request's own error, e.g. bad settings
+                    self._fail(request, err)
+                    continue
+            key = key or request.start.schedule_key
+            (batch if request.start.schedule_key == key else rest).append(request)
+        return batch, rest, model
+
+    def _step(self, batch: _Batch) -> None:
+        finished = False
+        try:
+            if not any(request.live() for request in batch.requests):
+                finished = True  # everyone pressed Stop: the loop ends at this step
+                return
+            use_batch_threads(batch.model, len(batch.requests))
+            items = next(batch.loop)
+            with self._lock:
+                for request, item in zip(batch.requests, items, strict=True):
+                    for ticket in request.live():
+                        ticket._put(item)
+            if isinstance(items[0], Trace):
+                finished = True
+                for request, trace in zip(batch.requests, items, strict=True):
+                    if request.key is not None:
+                        self._remember(request.key, trace)
+        except Exception as err:  # noqa: BLE001 - the loop itself failed: every request of this batch hears it
+            finished = True
+            for request in batch.requests:
+                self._fail(request, err)
+        finally:
+            if finished:
+                batch.loop.close()
+            with self._lock:
+                batch.busy = False
+                if finished and self._batch is batch:
+                    self._batch = None
+                self._lock.notify_all()
+
+    def _left(self) -> None:
+        """A ticket stopped: if nobody is left in the batch, end its loop now (no thread would step it again)."""
+        with self._lock:
+            batch = self._batch
+            if batch is None or batch.busy or any(request.live() for request in batch.requests):
+                return
+            batch.busy = True
+        self._step(batch)  # finds nobody live: closes the loop and clears the batch
+
+    def _fail(self, request: _Request, err: BaseException) -> None:
+        with self._lock:
+            for ticket in request.live():
+                ticket._put(err)
+            self._lock.notify_all()
+
+    def _remember(self, key: str, trace: Trace) -> None:
+        size = sum(r.nbytes() for r in trace.steps) + trace.width * trace.height * 3
+        with self._lock:
+            if key in self._cache:
+                self._cache_bytes -= self._cache.pop(key)[1]
+            self._cache[key] = (trace, size)
+            self._cache_bytes += size
+            while self._cache_bytes > self._cache_limit and self._cache:
+                self._cache_bytes -= self._cache.popitem(last=False)[1][1]
+
+
+def request_key(model_name: str, settings: RunSettings, init_image: InitImage | None) -> str | None:
+    """A fingerprint of everything that decides a run's picture (the init image by its pixels or file bytes)."""
+    h = hashlib.sha256(repr((model_name, sorted(settings.to_dict().items()))).encode())
+    if init_image is None:
+        pass
+    elif isinstance(init_image, (str, Path)):
+        try:
+            h.update(Path(init_image).read_bytes())
+        except OSError:
+            return None  # unreadable: the run's own error says so; never share it
+    elif isinstance(init_image, Image.Image):
+        buffer = io.BytesIO()
+        init_image.save(buffer, format="PNG")
+        h.update(buffer.getvalue())
+    elif isinstance(init_image, np.ndarray):
+        h.update(repr((init_image.shape, init_image.dtype.str)).encode())
+        h.update(np.ascontiguousarray(init_image).tobytes())
+    else:
+        return None
+    return h.hexdigest()

@@ -1,0 +1,177 @@
+"""Batching across users (issue: a class of 30 at once): requests that share a schedule run as one batch through the
+one loop, and each user's picture is the one a lone run gives, within 1/255 (the oracle: the lone run itself)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdviz.errors import SdvizError
+from sdviz.pipeline import batching
+from sdviz.pipeline.batching import Batcher
+from sdviz.pipeline.sampler import denoise_batch, generate, prepare
+from sdviz.pipeline.settings import RunSettings
+from sdviz.pipeline.trace import Trace
+
+PROMPTS = ["a big red circle on the left", "a small blue square at the top", "a green triangle", ""]
+
+
+def settings_for(i: int, **changes) -> RunSettings:
+    base = RunSettings(prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="yellow" if i % 3 == 2 else "", steps=5,
+                       guidance_scale=[1.0, 2.5, 7.5, 4.0][i % 4], seed=10 + i, height=32, width=32)
+    return dataclasses.replace(base, **changes)
+
+
+def max_difference(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+
+
+def run_all(ticket) -> list:
+    return list(ticket)
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim", "pndm"])
+def test_a_batch_gives_each_request_its_lone_picture(tiny_model, scheduler):
+    """Different prompts, negative prompts, seeds and guidance scales (with and without CFG) in one batch."""
+    requests = [settings_for(i, scheduler=scheduler) for i in range(4)]
+    *steps, traces = list(denoise_batch(tiny_model, [prepare(tiny_model, s) for s in requests]))
+    assert len(steps) == len(generate(tiny_model, requests[0]).steps) and len(traces) == 4
+    for settings, trace in zip(requests, traces, strict=True):
+        alone = generate(tiny_model, settings)
+        assert trace.settings == settings and trace.guidance == alone.guidance
+        assert max_difference(trace.image, alone.image) <= 1
+        assert [r.noise_uncond is None for r in trace.steps] == [r.noise_uncond is None for r in alone.steps]
+        assert trace.unet_passes == alone.unet_passes
+
+
+def test_image_to_image_requests_batch_too(tiny_model):
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    requests = [settings_for(i, strength=0.6, scheduler="ddim") for i in range(3)]
+    traces = list(denoise_batch(tiny_model, [prepare(tiny_model, s, p) for s, p in zip(requests, pictures, strict=True)]))[-1]
+    for settings, picture, trace in zip(requests, pictures, traces, strict=True):
+        assert max_difference(trace.image, generate(tiny_model, settings, picture).image) <= 1
+
+
+def test_requests_with_different_schedules_are_refused_as_one_batch(tiny_model):
+    with pytest.raises(ValueError, match="share"):
+        list(denoise_batch(tiny_model, [prepare(tiny_model, settings_for(0)),
+                                        prepare(tiny_model, settings_for(1, steps=6))]))
+
+
+def batcher_for(model, **kwargs) -> Batcher:
+    return Batcher(lambda name: model, lambda m: 8, **kwargs)
+
+
+def in_threads(fn, n: int) -> list:
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as err:  # noqa: BLE001 - the test looks at it
+            results[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_users_pressing_together_share_batches_and_get_their_own_pictures(tiny_model, monkeypatch):
+    monkeypatch.setattr(batching, "GATHER_S", 0.05)
+    b = batcher_for(tiny_model, gather_s=0.05)
+    requests = [settings_for(i, scheduler="euler") for i in range(6)]
+    results = in_threads(lambda i: run_all(b.submit("tiny", requests[i])), 6)
+    assert sum(b.batches) == 6 and max(b.batches) >= 3  # the later ones joined one batch
+    for settings, items in zip(requests, results, strict=True):
+        *steps, trace = items
+        assert isinstance(trace, Trace) and [s.index for s in steps] == list(range(5))
+        assert max_difference(trace.image, generate(tiny_model, settings).image) <= 1
+
+
+def test_a_lone_request_starts_at_once_and_runs_alone(tiny_model):
+    b = batcher_for(tiny_model, gather_s=5.0)  # a gathering window would show as seconds
+    started = time.perf_counter()
+    trace = run_all(b.submit("tiny", settings_for(1)))[-1]
+    assert time.perf_counter() - started < 4.0
+    assert list(b.batches) == [1]
+    assert max_difference(trace.image, generate(tiny_model, settings_for(1)).image) == 0  # alone: the same loop
+
+
+def test_a_stop_inside_a_batch_stops_only_that_user(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.2)
+    requests = [settings_for(i, scheduler="euler", steps=8) for i in range(3)]
+
+    def user(i):
+        ticket = b.submit("tiny", requests[i])
+        seen = []
+        for item in ticket:
+            seen.append(item)
+            if i == 1 and len(seen) == 2:
+                ticket.stop()  # the Stop button
+        return seen
+
+    results = in_threads(user, 3)
+    assert len(results[1]) == 2 and not isinstance(results[1][-1], Trace)
+    for i in (0, 2):
+        assert isinstance(results[i][-1], Trace) and len(results[i]) == 9
+        assert max_difference(results[i][-1].image, generate(tiny_model, requests[i]).image) <= 1
+
+
+def test_when_everyone_stops_the_loop_ends_and_the_next_batch_runs(tiny_model):
+    b = batcher_for(tiny_model)
+    ticket = b.submit("tiny", settings_for(0, steps=30))
+    first = next(iter(ticket))
+    ticket.stop()
+    assert first.index == 0
+    trace = run_all(b.submit("tiny", settings_for(1)))[-1]  # not stuck behind the abandoned batch
+    assert isinstance(trace, Trace)
+
+
+def test_a_failing_request_in_a_batch_fails_only_itself(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.2)
+    good = [settings_for(0, scheduler="euler"), settings_for(1, scheduler="euler")]
+    bad = settings_for(2, scheduler="euler", text_layer=999)  # refused in words when prepared
+
+    def user(i):
+        return run_all(b.submit("tiny", good[i] if i < 2 else bad))
+
+    results = in_threads(user, 3)
+    assert isinstance(results[2], SdvizError) and "layers 1 to" in str(results[2])
+    for i in (0, 1):
+        assert isinstance(results[i][-1], Trace)
+    broken_picture = b.submit("tiny", settings_for(0), init_image="/no/such/picture.png")
+    with pytest.raises(SdvizError, match="init image"):
+        run_all(broken_picture)
+
+
+def test_identical_requests_share_one_row_and_repeats_come_from_the_cache(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.2)
+    same = settings_for(2, scheduler="euler")
+    results = in_threads(lambda i: run_all(b.submit("tiny", same)), 5)
+    assert sum(b.batches) <= 2  # five presses of one example: one or two rows computed, not five
+    images = [r[-1].image for r in results]
+    assert all(max_difference(images[0], im) == 0 for im in images)
+    batches_before = list(b.batches)
+    again = run_all(b.submit("tiny", same))
+    assert list(b.batches) == batches_before  # served from the cache: no new loop
+    assert max_difference(again[-1].image, images[0]) == 0 and len(again) == 6
+
+
+def test_the_cache_is_bounded_in_bytes(tiny_model):
+    one = generate(tiny_model, settings_for(0))
+    size = sum(r.nbytes() for r in one.steps) + one.width * one.height * 3
+    b = Batcher(lambda name: tiny_model, lambda m: 8, cache_mb=2.5 * size / 2**20)  # room for two runs
+    for i in range(6):
+        run_all(b.submit("tiny", settings_for(i, seed=100 + i)))
+    assert b._cache_bytes <= 2.5 * size and len(b._cache) == 2
