@@ -35,9 +35,9 @@ EXPLAIN_LENS = """The U-Net normally reads what the text encoder's **last** laye
 (Toker et al. 2024) hands it the text as it is after an **earlier** layer instead (through the encoder's final layer
 norm, as the last layer's is): one whole run per layer, all from your last run's seed and settings with the prompt
 above, so each picture shows what the prompt "means" by that layer. **What to look at on the embedded model (3
-layers):** the shape and where it sits are there almost always from layer 1 on; the **colour** is what comes out
-wrong in the early layers (12 prompts x 3 seeds: the picture fully right 28 times at layer 1, 31 at layer 2, 35 at
-layer 3, and 13 of the 14 mistakes were the colour)."""
+layers):** the early layers most often get the **colour** wrong (12 prompts x 3 seeds: the picture fully right 28
+times at layer 1, 31 at layer 2, 35 at layer 3; of the 14 pictures the judge found wrong, 13 had the wrong colour
+and one the wrong shape)."""
 
 EXPLAIN_UNET = """**The U-Net: the noise predictor.** It has a *contracting path*
 (encoders: the latent grid shrinks, the channels grow) and an *expansive path* (decoders: the grid grows

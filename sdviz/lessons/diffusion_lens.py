@@ -105,7 +105,7 @@ def lens_figure(result: LensResult) -> Figure:
     n = len(result.pictures)
     cols = min(n, PER_ROW)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(max(2.3 * cols, 4.6), 2.75 * rows + 0.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(max(2.3 * cols, 6.6), 2.75 * rows + 0.5), dpi=100, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_axis_off()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from sdviz.errors import SdvizError
@@ -136,7 +137,7 @@ def calls_caption(variants: Variants, variant: Variant) -> str:
 
 def variants_figure(variants: Variants) -> Figure:
     """The three pictures side by side, each titled with its setting, its U-Net calls and the judge's verdict."""
-    fig = Figure(figsize=(9.6, 5.0), dpi=100, layout="constrained")
+    fig = Figure(figsize=(9.6, 5.0 if variants.judged else 4.7), dpi=100, layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, v in zip(axes, variants.all, strict=True):
         ax.imshow(np.asarray(v.image.convert("RGB")), interpolation="nearest")
@@ -173,6 +174,7 @@ def spread_figure(variants: Variants) -> Figure:
     for v, style, colour in ((variants.plain, "o-", "tab:blue"), (variants.rescale, "s-", "tab:orange"),
                              (variants.interval, "^--", "tab:green")):
         ax.plot(steps, spread_ratio(v), style, color=colour, linewidth=2, label=setting_label(v))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step", fontsize=12)
     ax.set_ylabel("std(used) / std(text)", fontsize=12)
     ax.set_title("what rescale fixes: the guided estimate's spread, relative to the prompt's own estimate", fontsize=12)
