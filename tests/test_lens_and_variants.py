@@ -17,6 +17,7 @@ from sdviz.app import teaching as ui
 from sdviz.errors import SdvizError
 from sdviz.lessons import diffusion_lens as lens
 from sdviz.lessons import guidance_variants as gv
+from sdviz.pipeline.models import load_model
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.schedulers import make_scheduler
 from sdviz.pipeline.settings import RunSettings
@@ -70,6 +71,17 @@ def test_the_lens_description_follows_the_judges_verdicts():
     flipping = dataclasses.replace(result, pictures=[
         picture(1, 1.0, "all 4 right", 0.1), picture(2, 0.5, "shape: circle", 0.2), picture(3, 1.0, "all 4 right", 0)])
     assert "from layer 3 on" in lens.describe_lens(flipping)
+
+
+def test_on_the_embedded_model_the_judge_reads_each_layers_picture():
+    """The example the page opens with: layer 1 draws the circle green, layers 2 and 3 get everything right (the lens
+    sentence in sdviz.app.texts says early layers most often get the colour wrong; benchmarks/lens_and_variants.py)."""
+    model = load_model(device="cpu")
+    settings = RunSettings(prompt="a big red circle on the left", steps=20, guidance_scale=2.0, seed=1)
+    result = lens.diffusion_lens(model, settings)
+    assert result.judged and [p.layer for p in result.pictures] == [1, 2, 3]
+    assert [p.verdict for p in result.pictures] == ["colour: green", "all 4 right", "all 4 right"]
+    assert "from layer 2 on" in lens.describe_lens(result)
 
 
 # --- Guidance variants -------------------------------------------------------------------------------------------
