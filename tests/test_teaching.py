@@ -27,7 +27,8 @@ def test_the_tabs_build_with_private_events(tiny_model_name):
     fns = list(demo.fns.values())
     assert len(fns) >= 15
     assert all(fn.api_visibility == "private" for fn in fns)
-    heavy = {"forward_view", "latent_view", "tokens_view", "attention_run", "cfg_sweep", "cfg_what_if", "ab_run"}
+    heavy = {"forward_view", "latent_view", "tokens_view", "attention_run", "lens_run", "cfg_sweep", "cfg_what_if",
+             "cfg_variants", "ab_run"}
     for fn in fns:
         if fn.name in heavy:  # model work shares the app's generation slots without lowering their limit
             assert fn.concurrency_id == "generate" and fn.concurrency_limit is None, fn.name
@@ -117,8 +118,9 @@ def test_unet_tab(tiny_model_name, tiny_model):
 
 
 def test_cfg_tab(tiny_run):
-    step, scale, info = ui.cfg_tab_opened(tiny_run)
-    assert step.maximum == len(tiny_run.steps) and scale.value == 5.0 and "a big red circle" in info
+    step, scale, info, variants_scale = ui.cfg_tab_opened(tiny_run)
+    assert step.maximum == len(tiny_run.steps) and "a big red circle" in info
+    assert scale.value == variants_scale.value == 5.0  # the what-if's and the guidance variants' g: the run's
     assert "4 steps (3 steps were asked for and 4 ran: the PNDM scheduler visits its first noise level twice" in info
     pictures, fig, table, message = ui.cfg_sweep(tiny_run, "1, 5")
     titles = [ax.get_title() for ax in pictures.axes]
