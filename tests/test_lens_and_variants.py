@@ -16,6 +16,7 @@ from sdviz.app import layout
 from sdviz.app import teaching as ui
 from sdviz.errors import SdvizError
 from sdviz.lessons import diffusion_lens as lens
+from sdviz.lessons import experiments
 from sdviz.lessons import guidance_variants as gv
 from sdviz.pipeline.models import load_model
 from sdviz.pipeline.sampler import generate
@@ -116,6 +117,20 @@ def test_the_interval_saves_the_unet_calls_the_loop_counted(variants):
     assert gv.setting_label(interval) == "CFG on steps 1-3 of 6 only"
     # Outside the interval the scheduler used the prompt's own estimate: the same spread, exactly.
     assert gv.spread_ratio(interval)[3:] == [1.0, 1.0, 1.0]
+
+
+def test_an_interval_that_holds_no_step_runs_the_prompt_alone_and_says_so(tiny_model):
+    result = gv.guidance_variants(tiny_model, BASE, interval=(0.9, 1.0))  # 6 steps: the last one starts at 5/6
+    assert result.interval.guided_steps == [] and result.interval.unet_passes == 6 and result.saved(result.interval) == 6
+    assert gv.setting_label(result.interval) == "CFG on no step of 6 (the interval holds none)"
+    assert gv.spread_ratio(result.interval) == [1.0] * 6
+    gv.spread_figure(result)  # nothing to shade: still a figure
+
+
+def test_a_long_prompt_is_cut_in_the_figures_titles():
+    assert experiments.quoted("") == "(empty prompt)" and experiments.quoted("a red circle") == '"a red circle"'
+    long = experiments.quoted("a big red circle " * 10)
+    assert len(long) == 72 and long.endswith('…"')
 
 
 def test_full_rescale_gives_the_guided_estimate_the_text_estimates_spread(tiny_model, variants):

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.lessons.experiments import judge_accuracy, judge_verdict, pixel_distance
+from sdviz.lessons.experiments import judge_accuracy, judge_verdict, pixel_distance, quoted
 from sdviz.pipeline.models import EMBEDDED
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.settings import RunSettings
@@ -119,9 +119,8 @@ def lens_figure(result: LensResult) -> Figure:
             ax.set_xlabel(f"judge: {p.verdict}", fontsize=11, color="#1a7f37" if p.accuracy == 1 else "#b42318")
         else:
             ax.set_xlabel("the usual run" if last else f"differs from it: {p.distance:.3f}", fontsize=11)
-    prompt = result.settings.prompt or "(empty prompt)"
-    fig.suptitle(f"Diffusion Lens: \"{prompt}\", seed {result.settings.seed}\nthe U-Net reads the text as it is "
-                 "after layer k of the text encoder", fontsize=12)
+    fig.suptitle(f"Diffusion Lens: {quoted(result.settings.prompt)}, seed {result.settings.seed}\n"
+                 "the U-Net reads the text as it is after layer k of the text encoder", fontsize=12)
     return fig
 
 

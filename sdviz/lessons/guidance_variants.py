@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.lessons.experiments import judge_accuracy, judge_verdict, pixel_distance
+from sdviz.lessons.experiments import judge_accuracy, judge_verdict, pixel_distance, quoted
 from sdviz.pipeline.models import EMBEDDED
 from sdviz.pipeline.sampler import generate
 from sdviz.pipeline.settings import RunSettings, check_settings
@@ -92,6 +92,9 @@ def guidance_variants(model, settings: RunSettings, rescale: float = DEFAULT_RES
     """
     if use_judge is None:
         use_judge = model.name == EMBEDDED
+    if not settings.guidance_scale > 1:
+        raise SdvizError(f"These variants change how classifier-free guidance runs, and at g = {settings.guidance_scale:g} "
+                         "there is none (g <= 1 runs the prompt alone): pick a guidance scale above 1.")
     start, end = interval
     base = dataclasses.replace(settings, guidance_rescale=0.0, guidance_start=0.0, guidance_end=1.0)
     wanted = {"rescale": dataclasses.replace(base, guidance_rescale=rescale),
@@ -100,8 +103,8 @@ def guidance_variants(model, settings: RunSettings, rescale: float = DEFAULT_RES
         check_settings(changed, img2img=init_image is not None)
     plain_trace = generate(model, base, init_image)
     if not plain_trace.guidance:
-        raise SdvizError(f"These variants change how classifier-free guidance runs, and at g = {base.guidance_scale:g} "
-                         "there is none (g <= 1, or a model that takes no guidance): pick a guidance scale above 1.")
+        raise SdvizError("These variants change how classifier-free guidance runs, and this model takes no guidance "
+                         "(its U-Net is distilled to run without it): pick another model.")
     plain = _variant("plain", plain_trace, None, use_judge)
     made = {kind: _variant(kind, generate(model, s, init_image), plain.image, use_judge) for kind, s in wanted.items()}
     return Variants(settings=base, plain=plain, **made)
@@ -124,6 +127,8 @@ def setting_label(variant: Variant) -> str:
         return f"plain CFG, g = {s.guidance_scale:g}"
     if variant.kind == "rescale":
         return f"rescale r = {s.guidance_rescale:g}" + (" (= plain)" if s.guidance_rescale == 0 else "")
+    if not variant.guided_steps:
+        return f"CFG on no step of {variant.steps} (the interval holds none)"
     span = step_span(variant.guided_steps, variant.steps)
     return f"CFG on {span}" + (" only" if len(variant.guided_steps) < variant.steps else "")
 
@@ -150,8 +155,8 @@ def variants_figure(variants: Variants) -> Figure:
         if below:
             ax.set_xlabel(below, fontsize=11, color=("#b42318" if v.accuracy is not None and v.accuracy < 1
                                                      else "#1a7f37" if v.accuracy == 1 else "black"))
-    prompt = variants.settings.prompt or "(empty prompt)"
-    fig.suptitle(f"same seed ({variants.settings.seed}), same starting noise: \"{prompt}\"", fontsize=12)
+    fig.suptitle(f"same seed ({variants.settings.seed}), same starting noise: {quoted(variants.settings.prompt)}",
+                 fontsize=12)
     return fig
 
 
