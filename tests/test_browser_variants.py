@@ -10,9 +10,9 @@ Without /usr/bin/chromium the test skips with a message (``.ci/run`` installs it
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
+
+from test_browser_tabs import copy_shots  # pytest puts tests/ on the path (no __init__.py there)
 
 from sdviz.pipeline.models import load_model
 
@@ -24,16 +24,17 @@ def test_the_lens_and_the_guidance_variants_on_the_page(browser_app_url, browser
     from playwright.sync_api import expect
 
     page = browser_page
-    shots = tmp_path / "variants"
-    shots.mkdir()
-    print(f"\nscreenshots of Diffusion Lens and the guidance variants: {shots}")
     page_errors: list[str] = []
     page.on("pageerror", lambda err: page_errors.append(str(err)))
     page.goto(browser_app_url)
+    shots = tmp_path / "variants"
+    shots.mkdir()
+    print(f"\nscreenshots of Diffusion Lens and the guidance variants: {shots}")
 
     def open_tab(name: str) -> None:
-        page.get_by_role("tab", name=name, exact=True).click()
-        expect(page.get_by_role("tab", name=name, exact=True)).to_have_attribute("aria-selected", "true")
+        tab = page.get_by_role("tab", name=name, exact=True)
+        tab.click()
+        expect(tab).to_have_attribute("aria-selected", "true")
 
     def picture(elem_id: str):
         return page.locator(f"#{elem_id} img").first
@@ -76,7 +77,7 @@ def test_the_lens_and_the_guidance_variants_on_the_page(browser_app_url, browser
     expect(text).to_contain_text("Rescale r = 0.7")
     expect(text).to_contain_text("saved")
     expect(page.locator("#cfg-variants-message")).to_have_text("")
-    shoot("variants", "cfg-variants-run")
+    shoot("variants", "cfg-variants-scale")
     shoot("variants-figures", "cfg-variants-pictures")
 
     # A bad interval (start after end): the message says why, the pictures stay as they were.
@@ -89,8 +90,4 @@ def test_the_lens_and_the_guidance_variants_on_the_page(browser_app_url, browser
     expect(picture("cfg-variants-pictures")).to_have_attribute("src", before)
     assert page_errors == [], page_errors
     assert len(list(shots.glob("*.png"))) == 6
-    target = os.environ.get("SDVIZ_SHOTS")
-    if target:
-        os.makedirs(target, exist_ok=True)
-        for shot in shots.glob("*.png"):
-            shutil.copy(shot, target)
+    copy_shots(shots)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sdviz.app import layout
 from sdviz.app import teaching as ui
 from sdviz.errors import SdvizError
 from sdviz.lessons import diffusion_lens as lens
@@ -206,21 +205,3 @@ def test_without_a_run_the_variants_ask_for_one():
 
 def test_opening_the_cfg_tab_sets_the_variants_g_to_the_runs(tiny_run):
     assert ui.cfg_tab_opened(tiny_run)[3].value == tiny_run.settings.guidance_scale
-
-
-def test_the_new_controls_are_on_the_page_with_the_ranges_of_one_table(tiny_model_name):
-    with gr.Blocks() as demo:
-        model_choice = gr.Dropdown([tiny_model_name], value=tiny_model_name)
-        run_state = gr.State(None)
-        with gr.Tabs():
-            layout.teaching_tabs(model_choice, run_state)
-    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
-    for elem_id, (label, low, high, step, value) in layout.VARIANT_SLIDERS.items():
-        slider = by_id[elem_id]
-        assert (slider.label, slider.minimum, slider.maximum, slider.step, slider.value) == (label, low, high, step,
-                                                                                              value)
-    assert {"lens-run", "lens-pictures", "cfg-variants-run", "cfg-variants-pictures", "cfg-variants-spread"} <= set(by_id)
-    for fn in demo.fns.values():
-        if fn.name in ("lens_run", "cfg_variants"):  # model work shares the app's generation slots
-            assert fn.concurrency_id == "generate" and fn.api_visibility == "private", fn.name
-    assert {"lens_run", "cfg_variants"} <= {fn.name for fn in demo.fns.values()}

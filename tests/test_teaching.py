@@ -33,6 +33,11 @@ def test_the_tabs_build_with_private_events(tiny_model_name):
         if fn.name in heavy:  # model work shares the app's generation slots without lowering their limit
             assert fn.concurrency_id == "generate" and fn.concurrency_limit is None, fn.name
     assert heavy <= {fn.name for fn in fns}
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for elem_id, spec in layout.VARIANT_SLIDERS.items():  # the guidance variants' controls, from their one table
+        slider = by_id[elem_id]
+        assert (slider.label, slider.minimum, slider.maximum, slider.step, slider.value) == spec, elem_id
+    assert {"lens-run", "lens-pictures", "cfg-variants-run", "cfg-variants-pictures", "cfg-variants-spread"} <= set(by_id)
 
 
 SKIP = gr.skip()
