@@ -27,11 +27,17 @@ def test_the_tabs_build_with_private_events(tiny_model_name):
     fns = list(demo.fns.values())
     assert len(fns) >= 15
     assert all(fn.api_visibility == "private" for fn in fns)
-    heavy = {"forward_view", "latent_view", "tokens_view", "attention_run", "cfg_sweep", "cfg_what_if", "ab_run"}
+    heavy = {"forward_view", "latent_view", "tokens_view", "attention_run", "lens_run", "cfg_sweep", "cfg_what_if",
+             "cfg_variants", "ab_run"}
     for fn in fns:
         if fn.name in heavy:  # model work shares the app's generation slots without lowering their limit
             assert fn.concurrency_id == "generate" and fn.concurrency_limit is None, fn.name
     assert heavy <= {fn.name for fn in fns}
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for elem_id, spec in layout.VARIANT_SLIDERS.items():  # the guidance variants' controls, from their one table
+        slider = by_id[elem_id]
+        assert (slider.label, slider.minimum, slider.maximum, slider.step, slider.value) == spec, elem_id
+    assert {"lens-run", "lens-pictures", "cfg-variants-run", "cfg-variants-pictures", "cfg-variants-spread"} <= set(by_id)
 
 
 SKIP = gr.skip()
@@ -117,8 +123,9 @@ def test_unet_tab(tiny_model_name, tiny_model):
 
 
 def test_cfg_tab(tiny_run):
-    step, scale, info = ui.cfg_tab_opened(tiny_run)
-    assert step.maximum == len(tiny_run.steps) and scale.value == 5.0 and "a big red circle" in info
+    step, scale, info, variants_scale = ui.cfg_tab_opened(tiny_run)
+    assert step.maximum == len(tiny_run.steps) and "a big red circle" in info
+    assert scale.value == variants_scale.value == 5.0  # the what-if's and the guidance variants' g: the run's
     assert "4 steps (3 steps were asked for and 4 ran: the PNDM scheduler visits its first noise level twice" in info
     pictures, fig, table, message = ui.cfg_sweep(tiny_run, "1, 5")
     titles = [ax.get_title() for ax in pictures.axes]

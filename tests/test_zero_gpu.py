@@ -8,6 +8,7 @@ imported again under it, so their ``hosting.gpu`` wrappers use it, then get thei
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import importlib
@@ -178,6 +179,17 @@ def test_the_cfg_and_ab_tabs_run_in_a_gpu_worker_with_the_same_pictures(gpu, tin
     assert gpu.calls == [("guidance_sweep", hosting.sweep_seconds("m", settings, [1, 5])),
                          ("what_if", hosting.QUICK_SECONDS), ("prompt_ab", hosting.loop_seconds("m", settings)),
                          ("decode_pair", hosting.QUICK_SECONDS), ("decode_pair", hosting.QUICK_SECONDS)]
+    gpu.ran()
+
+
+def test_the_lens_and_the_guidance_variants_run_in_a_gpu_worker(gpu, tiny_model_name, tiny_run):
+    figure, text, message = teaching.lens_run(tiny_model_name, "a red circle", tiny_run)
+    assert message == "" and [ax.get_title() for ax in figure.axes] == ["layer 1 of 2", "layer 2 of 2"]
+    pictures, spread, text, message = teaching.cfg_variants(tiny_run, 6.0, 0.7, 0.0, 0.5)
+    assert message == "" and "saved" in text and len(pictures.axes) == 3
+    lens_settings = dataclasses.replace(tiny_run.settings, prompt="a red circle")
+    assert gpu.calls == [("diffusion_lens", hosting.lens_seconds("m", lens_settings, None, [1, 2])),
+                         ("compare_guidance", hosting.variants_seconds("m", tiny_run.settings))]
     gpu.ran()
 
 

@@ -169,6 +169,16 @@ def sweep_seconds(model_name: str, settings, scales: Sequence[float], *inputs) -
     return _steps_seconds(settings.steps * (len(scales) + 1))
 
 
+def lens_seconds(model_name: str, settings, init_image, layers: Sequence[int], *inputs) -> int:
+    """Diffusion Lens: one run per text-encoder layer shown."""
+    return _steps_seconds(settings.steps * len(layers))
+
+
+def variants_seconds(model_name: str, settings, *inputs) -> int:
+    """The guidance variants: three runs (plain CFG, rescale, an interval)."""
+    return _steps_seconds(settings.steps * 3)
+
+
 def _steps_seconds(steps: int) -> int:
     return int(min(MAX_SECONDS, 15 + 0.5 * steps))
 

@@ -24,7 +24,7 @@ from sdviz.app.playground import Page, bind
 from sdviz.app.services import load_for_app
 from sdviz.app.sessions import STATE_TTL_S, SessionRuns
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, unet_diagram
+from sdviz.lessons import experiments, guidance_variants, unet_diagram
 from sdviz.pipeline.settings import RunSettings
 
 GENERATE_CONCURRENCY_ID = "generate"  # the generate events of both tabs: their runs are batched (services.RunStream)
@@ -35,6 +35,14 @@ EXPORT_CONCURRENCY_ID = "export"
 MODEL_EVENTS = dict(api_visibility="private", concurrency_id=LESSON_CONCURRENCY_ID, concurrency_limit=None)  # the
 # limit of the "lessons" id is set once, by build_demo's first event with it (Gradio keeps the smallest limit given)
 CHEAP_EVENTS = dict(api_visibility="private", concurrency_limit=None)
+# The controls of the CFG tab's guidance variants, in one place (elem_id: label, minimum, maximum, step, value); the
+# Diffusion Lens section of the Text & attention tab has only its button ("lens-run") and reads "attention-prompt".
+VARIANT_SLIDERS = {
+    "cfg-variants-scale": ("guidance scale g (all three runs)", 0, 20, 0.5, 7.5),
+    "cfg-variants-rescale": ("guidance rescale r (0 = plain CFG)", 0, 1, 0.05, guidance_variants.DEFAULT_RESCALE),
+    "cfg-variants-start": ("CFG from (share of the steps)", 0, 0.95, 0.05, guidance_variants.DEFAULT_INTERVAL[0]),
+    "cfg-variants-end": ("CFG until (share of the steps)", 0.05, 1, 0.05, guidance_variants.DEFAULT_INTERVAL[1]),
+}
 PEEK_EVENTS = dict(api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
                    show_progress="hidden")  # decodes of stored steps: cheap, but they use the VAE
 
@@ -257,6 +265,7 @@ def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         maps = gr.Plot(label="cross-attention per token", show_label=False, format="png", elem_id="attention-maps")
         text = gr.Markdown(elem_id="attention-text")
         captured = gr.State(None, time_to_live=STATE_TTL_S)
+        _lens_section(model_choice, prompt, run_state)
     tokenize.click(teaching.tokens_view, [model_choice, prompt, run_state], [tokens, token_text, embeddings, message],
                    **MODEL_EVENTS)
     run.click(teaching.attention_run, [model_choice, prompt, run_state, special],
@@ -264,6 +273,18 @@ def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
     for trigger in (step.release, special.input):
         trigger(teaching.attention_step, [step, special, captured], [maps, text, message],
                 trigger_mode="always_last", **CHEAP_EVENTS)
+
+
+def _lens_section(model_choice: gr.Dropdown, prompt: gr.Textbox, run_state: gr.State) -> None:
+    """Diffusion Lens: one run per text-encoder layer, the U-Net reading the text as it is after that layer."""
+    gr.Markdown("### Diffusion Lens: what the text means after each layer")
+    gr.Markdown(texts.EXPLAIN_LENS, elem_classes=["explain"])
+    run = gr.Button("Run the lens: one picture per text-encoder layer", variant="primary", elem_id="lens-run")
+    message = components.message("lens")
+    pictures = gr.Plot(label="one picture per text-encoder layer", show_label=False, format="png",
+                       elem_id="lens-pictures")
+    text = gr.Markdown(elem_id="lens-text")
+    run.click(teaching.lens_run, [model_choice, prompt, run_state], [pictures, text, message], **MODEL_EVENTS)
 
 
 def _unet_tab(model_choice: gr.Dropdown) -> None:
@@ -302,11 +323,40 @@ def _cfg_tab(run_state: gr.State) -> None:
             what_if = picture_output("what-if: this one step's x0 at the new g (extrapolated, not a run)",
                                      "cfg-what-if", height=200)
         text = gr.Markdown(elem_id="cfg-text")
-    tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info], **CHEAP_EVENTS)
+        variants_scale = _variants_section(run_state)
+    tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info, variants_scale], **CHEAP_EVENTS)
     sweep.click(teaching.cfg_sweep, [run_state, scales], [pictures, plot, table, sweep_message], **MODEL_EVENTS)
     for trigger in (step.release, scale.release):
         trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text, what_if_message],
                 trigger_mode="always_last", **MODEL_EVENTS)
+
+
+def _variants_section(run_state: gr.State) -> gr.Slider:
+    """Guidance variants against plain CFG from the same seed; returns the g slider (the tab sets it to the run's g)."""
+    gr.Markdown("### Guidance variants: rescale, and guidance on part of the steps only")
+    gr.Markdown(texts.EXPLAIN_VARIANTS, elem_classes=["explain"])
+    sliders = {}
+    with gr.Row():
+        for elem_id in ("cfg-variants-scale", "cfg-variants-rescale"):
+            sliders[elem_id] = _variant_slider(elem_id)
+    with gr.Row():
+        for elem_id in ("cfg-variants-start", "cfg-variants-end"):
+            sliders[elem_id] = _variant_slider(elem_id)
+        compare = gr.Button("Compare with plain CFG", variant="primary", elem_id="cfg-variants-run")
+    message = components.message("cfg-variants")
+    pictures = gr.Plot(label="plain CFG and the two variants", show_label=False, format="png",
+                       elem_id="cfg-variants-pictures")
+    spread = gr.Plot(label="the spread of the noise estimate", show_label=False, format="png",
+                     elem_id="cfg-variants-spread")
+    text = gr.Markdown(elem_id="cfg-variants-text")
+    compare.click(teaching.cfg_variants, [run_state, *sliders.values()], [pictures, spread, text, message],
+                  **MODEL_EVENTS)
+    return sliders["cfg-variants-scale"]
+
+
+def _variant_slider(elem_id: str) -> gr.Slider:
+    label, low, high, step, value = VARIANT_SLIDERS[elem_id]
+    return Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
 
 
 def _ab_tab(run_state: gr.State) -> None:

@@ -26,7 +26,8 @@ from PIL import Image
 from sdviz.app import hosting
 from sdviz.app.sessions import PanelRun
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, export, forward, latent_space, text_attention
+from sdviz.lessons import diffusion_lens as lens
+from sdviz.lessons import experiments, export, forward, guidance_variants, latent_space, text_attention
 from sdviz.lessons.peek import RgbMap
 from sdviz.pipeline import capture, vae
 from sdviz.pipeline.batching import Batcher
@@ -261,6 +262,20 @@ def capture_attention(model_name: str, settings: RunSettings,
 def guidance_sweep(model_name: str, settings: RunSettings, scales: list[float],
                    init_image: Image.Image | None) -> experiments.Sweep:
     return experiments.guidance_sweep(load_model(model_name), settings, scales, init_image)
+
+
+@hosting.gpu(duration=hosting.lens_seconds)
+@friendly
+def diffusion_lens(model_name: str, settings: RunSettings, init_image: Image.Image | None,
+                   layers: list[int]) -> lens.LensResult:
+    return lens.diffusion_lens(load_model(model_name), settings, init_image, layers)
+
+
+@hosting.gpu(duration=hosting.variants_seconds)
+@friendly
+def compare_guidance(model_name: str, settings: RunSettings, rescale: float, interval: tuple[float, float],
+                     init_image: Image.Image | None) -> guidance_variants.Variants:
+    return guidance_variants.guidance_variants(load_model(model_name), settings, rescale, interval, init_image)
 
 
 @hosting.gpu(duration=hosting.QUICK_SECONDS)

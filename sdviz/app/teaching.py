@@ -26,7 +26,8 @@ from sdviz.app import services
 from sdviz.app.services import student_error
 from sdviz.app.texts import NO_RUN, OUT_OF_WORLD, PICK_PICTURE
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, export, forward, latent_space, text_attention, unet_diagram
+from sdviz.lessons import diffusion_lens as lens
+from sdviz.lessons import experiments, export, forward, guidance_variants, latent_space, text_attention, unet_diagram
 from sdviz.pipeline.models import EMBEDDED, load_model
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.text import tokenize
@@ -220,6 +221,19 @@ def attention_step(step, include_special, captured):
             text_attention.describe_maps(maps, index, bool(include_special)), "")
 
 
+@keep_results(2)
+def lens_run(model_name, prompt, run, progress=PROGRESS):
+    """Diffusion Lens: the last run's settings (or the model's defaults) with the typed prompt, once per text layer."""
+    model = load_model(model_name)
+    settings, init_image = _base_settings(model, run)
+    if prompt:
+        settings = dataclasses.replace(settings, prompt=prompt)
+    layers = lens.lens_layers(lens.text_layers(model))
+    progress(0, desc=f"Diffusion Lens: {len(layers)} runs, one per text-encoder layer")
+    result = services.diffusion_lens(model_name, settings, init_image, layers)
+    return lens.lens_figure(result), lens.describe_lens(result), ""
+
+
 # --- U-Net ---------------------------------------------------------------------------------------------------
 
 
@@ -250,14 +264,14 @@ def cfg_sweep(run, scales_text, progress=PROGRESS):
 
 
 def cfg_tab_opened(run):
-    """Fit the what-if step slider to the latest run."""
+    """Fit the what-if step slider to the latest run; the what-if's and the variants' g start at the run's g."""
     if not isinstance(run, Trace):
-        return gr.skip(), gr.skip(), NO_RUN
+        return gr.skip(), gr.skip(), NO_RUN, gr.skip()
     n = len(run.steps)
     info = (f"Latest run: \"{run.settings.prompt}\", {n} steps{steps_counted(run)} at g = "
             f"{run.settings.guidance_scale:g}{'' if run.guidance else ' (no CFG: the what-if needs g > 1)'}.")
     return (gr.Slider(minimum=1, maximum=max(n, 2), value=1, interactive=True),
-            gr.Slider(value=run.settings.guidance_scale), info)
+            gr.Slider(value=run.settings.guidance_scale), info, gr.Slider(value=run.settings.guidance_scale))
 
 
 @keep_results(3)
@@ -265,6 +279,29 @@ def cfg_what_if(run, step, scale):
     trace = _trace(run)
     result = services.what_if(trace.model, trace, int(step) - 1, float(scale))
     return result.recorded_image, result.image, experiments.describe_what_if(result), ""
+
+
+def _number(value, name: str) -> float:
+    """A slider's value as a float, or a plain sentence (the API can send anything)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise SdvizError(f"{name} must be a number (got {value!r}).") from err
+
+
+@keep_results(3)
+def cfg_variants(run, scale, rescale, start, end, progress=PROGRESS):
+    """Guidance variants: plain CFG, rescale and CFG on an interval, from the last run's settings and seed at g."""
+    trace = _trace(run)
+    scale, rescale = _number(scale, "The guidance scale"), _number(rescale, "Guidance rescale")
+    start, end = _number(start, "The interval's start"), _number(end, "The interval's end")
+    if start >= end:
+        raise SdvizError(f"Guidance from {start:g} to {end:g} covers no steps: the start must be below the end.")
+    settings = dataclasses.replace(trace.settings, guidance_scale=scale)
+    progress(0, desc="three runs from the same noise: plain CFG, rescale, an interval")
+    variants = services.compare_guidance(trace.model, settings, rescale, (start, end), trace.init_image)
+    return (guidance_variants.variants_figure(variants), guidance_variants.spread_figure(variants),
+            guidance_variants.describe_variants(variants), "")
 
 
 # --- Prompt A/B ---------------------------------------------------------------------------------------------

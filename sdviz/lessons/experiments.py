@@ -92,6 +92,13 @@ def pixel_distance(a: Image.Image, b: Image.Image) -> float:
     return float(np.sqrt(np.mean((x - y) ** 2)))
 
 
+def quoted(prompt: str, most: int = 70) -> str:
+    """A prompt for a figure's title: in quotes, cut to ``most`` characters ('(empty prompt)' when empty)."""
+    if not prompt:
+        return "(empty prompt)"
+    return f"\"{prompt if len(prompt) <= most else prompt[: most - 1] + '…'}\""
+
+
 def colour_error(image: Image.Image, prompt: str) -> float | None:
     """How far the shape's colour is from the toy colour the prompt names (RGB distance; None: no colour named, or
     no clear shape). Guidance that overshoots saturates colours: this distance grows."""
