@@ -682,3 +682,13 @@ def test_large_freed_blocks_go_back_to_the_system_after_return_freed_memory():
         pytest.skip("no glibc here: nothing to tune")
     assert with_call == "True"
     assert mapped("no-call") == "False"
+
+
+def test_the_teaching_tabs_have_their_own_slots_apart_from_the_class_batches(tiny_model_dir):
+    demo = layout.build_demo([str(tiny_model_dir)])
+    fns = list(demo.fns.values())
+    generate = {fn.concurrency_limit for fn in fns if fn.concurrency_id == layout.GENERATE_CONCURRENCY_ID}
+    lessons = [fn for fn in fns if fn.concurrency_id == layout.LESSON_CONCURRENCY_ID]
+    assert generate == {hosting.capacity().concurrency}  # a class's runs, batched
+    assert len(lessons) >= 8 and {fn.concurrency_limit for fn in lessons} == {None, hosting.capacity().lesson_concurrency}
+    demo.close()

@@ -30,8 +30,8 @@ def test_the_tabs_build_with_private_events(tiny_model_name):
     heavy = {"forward_view", "latent_view", "tokens_view", "attention_run", "lens_run", "cfg_sweep", "cfg_what_if",
              "cfg_variants", "ab_run"}
     for fn in fns:
-        if fn.name in heavy:  # model work shares the app's generation slots without lowering their limit
-            assert fn.concurrency_id == "generate" and fn.concurrency_limit is None, fn.name
+        if fn.name in heavy:  # model work shares the lesson slots (their limit is set once, by build_demo)
+            assert fn.concurrency_id == layout.LESSON_CONCURRENCY_ID and fn.concurrency_limit is None, fn.name
     assert heavy <= {fn.name for fn in fns}
     by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     for elem_id, spec in layout.VARIANT_SLIDERS.items():  # the guidance variants' controls, from their one table
