@@ -62,7 +62,8 @@ def timed_run(client, text: str, seed: int, guidance: float, steps: int) -> dict
     total = time.perf_counter() - started
     if first is None:  # the run was over before a poll saw a live frame
         first = total
-    return {"first_frame_s": first, "total_s": total, "status": str(result[1]), "picture_url": result[0]["url"]}
+    return {"first_frame_s": first, "total_s": total, "status": str(result[1]), "picture_url": result[0]["url"],
+            "live_frames": sum(str(o[1]).startswith("Step") for o in job.outputs())}
 
 
 def fetch(url: str) -> np.ndarray:
@@ -100,14 +101,19 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--lone", type=int, default=7, help="lone runs on each server")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--batched-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the batched server only, e.g. OMP_NUM_THREADS=1")
     args = parser.parse_args()
 
     temp = tempfile.mkdtemp(prefix="sdviz-classroom-")
     ports = {"batched": free_port(), "one_by_one": free_port()}
-    env = {"batched": {}, "one_by_one": {"SDVIZ_BATCH": "1", "SDVIZ_CONCURRENCY": "1"}}
+    env = {"batched": dict(kv.split("=", 1) for kv in args.batched_env),
+           "one_by_one": {"SDVIZ_BATCH": "1", "SDVIZ_CONCURRENCY": "1"}}
+    report_env = env["batched"]
     servers = {name: start_server(args.model, port, temp, env[name]) for name, port in ports.items()}
     urls = {name: f"http://127.0.0.1:{port}/" for name, port in ports.items()}
-    report: dict = {"model": args.model, "users": args.users, "steps": args.steps, "guidance": args.guidance}
+    report: dict = {"model": args.model, "users": args.users, "steps": args.steps, "guidance": args.guidance,
+                    "batched_env": report_env}
     try:
         lone_client = {name: new_client(url) for name, url in urls.items()}
         for name in urls:  # warm up: first runs pay for lazy set-up
@@ -134,13 +140,15 @@ def main() -> None:
                 "last_done_s": max(r["total_s"] for r in done) if done else None,
                 "first_frame_max_s": max(r["first_frame_s"] for r in done) if done else None,
                 "first_frame_median_s": statistics.median(r["first_frame_s"] for r in done) if done else None,
+                "live_frames_median": statistics.median(r["live_frames"] for r in done) if done else None,
             }
             if done:
                 report[name]["last_vs_lone"] = report[name]["last_done_s"] / lone_s
                 report[name]["first_frame_max_vs_lone"] = report[name]["first_frame_max_s"] / lone_s
             print(f"{name}: {len(done)}/{args.users} done, last {report[name]['last_done_s']:.2f} s "
                   f"({report[name].get('last_vs_lone', 0):.1f}x lone), first frames by "
-                  f"{report[name]['first_frame_max_s']:.2f} s, errors {len(errors)}", flush=True)
+                  f"{report[name]['first_frame_max_s']:.2f} s, live frames per user (median) "
+                  f"{report[name]['live_frames_median']}, errors {len(errors)}", flush=True)
             if name == "batched":
                 burst_pictures = [fetch(r["picture_url"]) if "error" not in r else None for r in results]
 

@@ -141,3 +141,45 @@ def test_generate_in_the_other_tab_leaves_one_clean_run(browser_app_url, browser
     for selector in ("#img2img-generate", "#final", "#img2img-init"):  # Image to image fits a projector too
         assert inside_viewport(page, selector), selector
     shot(page, tmp_path / "cross-tab-1280x720.png", full_page=True)
+
+
+def test_two_students_at_once_each_see_their_own_run(browser_app_url, chromium, tiny_model, tmp_path):
+    """Two browsers press Generate together: the server may batch their runs; each page must show its own run, live
+    and final, and its final picture must be the one its settings give alone (within 1/255)."""
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import CHROMIUM_ARGS
+    from sdviz.pipeline.sampler import generate
+    from sdviz.pipeline.settings import RunSettings
+
+    students = [("a big red circle on the left", 11), ("a small blue square at the top", 22)]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        pages = []
+        for prompt, seed in students:
+            page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+            page.set_default_timeout(60_000)
+            page.goto(browser_app_url)
+            page.locator("#txt2img-prompt textarea").fill(prompt)
+            for field, value in (("#txt2img-steps", "10"), ("#txt2img-seed", str(seed)), ("#txt2img-cfg", "4")):
+                box = page.locator(f"{field} input[type=number]")
+                box.fill(value)
+                box.press("Enter")
+            pages.append(page)
+        for page in pages:  # as close together as two clicks get
+            page.locator("#txt2img-generate").click()
+        for i, page in enumerate(pages):
+            expect(page.locator("#peek-status")).to_contain_text("Done: ", timeout=60_000)
+            shot(page, tmp_path / f"student-{i + 1}-1280x720.png")
+        for page, (prompt, seed) in zip(pages, students, strict=True):
+            src = page.locator("#final img").get_attribute("src")
+            shown = np.asarray(Image.open(io.BytesIO(httpx.get(src, timeout=30).content)).convert("RGB"), dtype=int)
+            settings = RunSettings(prompt=prompt, steps=10, guidance_scale=4.0, seed=seed)
+            alone = np.asarray(generate(tiny_model, settings).image, dtype=int)
+            assert shown.shape == alone.shape and np.abs(shown - alone).max() <= 1, prompt
+        browser.close()
