@@ -92,8 +92,9 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
                     model_state=model_state, model_info=model_info, run_state=run_state, slow_state=slow_state)
         _wire_playground(page, init_image, concurrency_limit or limits.concurrency)
         _register_links(controls, page, init_image, lesson)
-        _wire_links(Links(page, controls, tabs, gr.State("txt2img"), gr.State({}), bar.notice,
-                          bar.query, bar.link_box, lesson, cfg_info, model_choice), bar.copy, init_image)
+        links = Links(page, controls, tabs, gr.State("txt2img"), gr.State({}), bar.notice, bar.query, bar.link_box,
+                      lesson, cfg_info, model_choice)
+        _wire_links(links, bar.copy, init_image)
         model_choice.change(
             bind(playground.choose_model, page), [model_choice, model_state],
             [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
@@ -104,6 +105,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
 
     demo.queue(max_size=queue_size or limits.queue_size)
     demo.sdviz_page = page  # the handlers' context: the sessions' runs and the components, for tests and benchmarks
+    demo.sdviz_links = links  # the lesson links' context
     return demo
 
 

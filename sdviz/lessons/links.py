@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from sdviz.errors import SdvizError
-from sdviz.lessons.experiments import parse_scales
+from sdviz.lessons.experiments import MAX_SCALE, MAX_SWEEP, parse_scales
 from sdviz.pipeline.schedulers import SCHEDULERS
 from sdviz.pipeline.settings import MAX_SEED, MAX_STEPS, RunSettings, check_settings
 
@@ -43,6 +43,7 @@ MAX_TEXT = 300  # characters of a prompt in a link (a toy-world prompt needs abo
 MAX_VALUE = 40  # characters of any other value
 MAX_KEYS = 40  # keys read from one query; the rest are ignored with one notice
 SHOWN_KEY = 24  # characters of a rejected key that a notice shows
+SCALES_RULE = f"it must be 1 to {MAX_SWEEP} numbers from 0 to {MAX_SCALE:g}, separated by commas, like 1, 3, 7.5."
 GRADIO_KEYS = ("__theme", "view", "lang")  # Gradio's own query keys: not a lesson link's, and no notice
 
 
@@ -60,7 +61,8 @@ class Key:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     tab: str | None = None
-    check: Callable[[str], object] | None = None  # a text's own rule (raises SdvizError)
+    check: Callable[[str], object] | None = None  # a text's own check (raises SdvizError)
+    rule: str = ""  # ... and the rule it checks, in words
 
 
 def whole(name, low, high, label, tab=None) -> Key:
@@ -71,8 +73,8 @@ def number(name, low, high, step, label, tab=None) -> Key:
     return Key(name, "number", label, low=low, high=high, step=step, tab=tab)
 
 
-def text(name, label, tab=None, check=None) -> Key:
-    return Key(name, "text", label, tab=tab, check=check)
+def text(name, label, tab=None, check=None, rule="") -> Key:
+    return Key(name, "text", label, tab=tab, check=check, rule=rule)
 
 
 def choice(name, choices, label, tab=None) -> Key:
@@ -104,7 +106,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     choice("latent_picture", None, "the latent space picture", tab="latent"),
     text("attention_prompt", "the attention prompt", tab="attention"),
     flag("attention_special", "show start, end and padding tokens", tab="attention"),
-    text("cfg_scales", "the guidance scales", tab="cfg", check=parse_scales),
+    text("cfg_scales", "the guidance scales", tab="cfg", check=parse_scales, rule=SCALES_RULE),
     whole("cfg_step", 1, MAX_STEPS + 1, "the what-if step", tab="cfg"),
     number("cfg_g", 0, 20, 0.5, "the what-if guidance scale", tab="cfg"),
     text("ab_prompt", "prompt B", tab="ab"),
@@ -209,7 +211,10 @@ def _text(key: Key, raw: str) -> str:
     if any(unicodedata.category(c)[0] == "C" for c in raw) or "<" in raw or ">" in raw:
         raise SdvizError("it holds characters a prompt never needs (< > or control characters).")
     if key.check is not None:
-        key.check(raw)
+        try:
+            key.check(raw)
+        except SdvizError as err:  # its message may quote the text: say the rule only
+            raise SdvizError(key.rule) from err
     return raw
 
 
