@@ -213,9 +213,10 @@ def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
             bind(lesson_links.after_run, ln), [ln.pending, page.run_state], ln.after_run_outputs(), **PEEK_EVENTS).then(
             bind(lesson_links.settle_animation_link, ln), [ln.pending], panel.animation, **PEEK_EVENTS)
 
-    then_run(page.demo.load(bind(lesson_links.restore, ln), [page.model_state], ln.outputs(), **CHEAP_EVENTS))
+    quiet = CHEAP_EVENTS | {"show_progress": "hidden"}  # they touch components all over the page
+    then_run(page.demo.load(bind(lesson_links.restore, ln), [page.model_state], ln.outputs(), **quiet))
     then_run(lesson.open.click(bind(lesson_links.open_station, ln), [lesson.station, page.model_state], ln.outputs(),
-                               **CHEAP_EVENTS))
+                               **quiet))
     for button, handler in ((lesson.back, lesson_links.station_back), (lesson.next, lesson_links.station_next)):
         button.click(bind(handler, ln), [lesson.station], [*lesson.outputs(), ln.query], **CHEAP_EVENTS).then(
             fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)

@@ -154,7 +154,8 @@ def run_link(ln: Links, pending, txt_prompt, txt_negative, txt_steps, txt_cfg, t
     """``run=1``: the shown generate tab's run (Text to image unless the link shows Image to image), with the controls
     as the link set them: the playground's own handler, so the same loop, panel and picture as pressing Generate."""
     if not isinstance(pending, dict) or not pending.get("run"):
-        return  # nothing to run: the event ends without an update
+        yield playground.unchanged()  # nothing to run (a generator that yields nothing would empty its outputs)
+        return
     page = ln.page
     if pending.get("tab") == "img2img":
         yield from playground.img2img(page, image, img_prompt, img_negative, strength, img_steps, img_cfg, img_seed,
