@@ -99,8 +99,8 @@ STATIONS: tuple[Station, ...] = (
         "The button already ran the prompt once: press **Run the sweep**.",
         "The same seed at g = 1, 2, 4 and 8: the same starting noise, only the guidance changes.",
         "Is more guidance always better?",
-        "No. Up to g = 2 (this model's recommended value) it is a purple triangle at the top; at 4 it turns orange "
-        "and at 8 yellow. Guidance pushes along (text - uncond) *beyond* the prompt's own estimate, and pushed too "
+        "No. Up to g = 2 (this model's recommended value) it is a purple triangle at the top; at 4 it turns red "
+        "and at 8 yellow (the judge under each picture says so). Guidance pushes along (text - uncond) *beyond* the prompt's own estimate, and pushed too "
         "far it overshoots.",
         "cfg", {**TOY_SETTINGS, "prompt": "a purple triangle at the top", "run": True, "cfg_scales": "1, 2, 4, 8"},
     ),
