@@ -125,3 +125,19 @@ def test_a_teacher_walks_the_guided_lesson_and_opens_a_station(browser_app_url, 
     page.goto(copied)
     expect(page.get_by_role("tab", name="Forward diffusion", exact=True)).to_have_attribute("aria-selected", "true")
     expect(page.locator("#forward-text")).to_contain_text("t = 400")
+
+
+def test_a_station_that_needs_a_run_runs_its_prompt(browser_app_url, browser_page, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(browser_app_url + "?tab=lesson&station=6")
+    expect(page.locator("#lesson-title")).to_contain_text("Classifier-free guidance")
+    page.locator("#lesson-open").click()
+    expect(page.get_by_role("tab", name="CFG experiments", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#cfg-scales textarea")).to_have_value("1, 2, 4, 8")
+    expect(page.locator("#cfg-info")).to_contain_text('Latest run: "a purple triangle at the top"')  # it ran
+    expect(page.locator("#cfg-step input[type=range]")).to_be_enabled()  # the what-if fits the run
+    assert address(page)["run"] == "1" and address(page)["tab"] == "cfg"
+    shot(page, tmp_path / "station-6-opened-1280x720.png")

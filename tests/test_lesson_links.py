@@ -203,3 +203,19 @@ def test_back_and_next_walk_the_stations_and_write_the_station_into_the_address(
 def test_every_key_with_a_control_is_registered_on_the_page(ln):
     handled_apart = {"tab", "model", "run"}  # the tabs, the model dropdown, the run itself
     assert set(links.KEYS) - handled_apart == set(ln.controls.controls)
+
+
+def test_a_link_to_another_model_of_the_allow_list_loads_it_with_its_own_defaults(tiny_model_dir, tmp_path_factory):
+    from sdviz.app.layout import build_demo
+    from tests.conftest import build_tiny_pipeline
+
+    other = tmp_path_factory.mktemp("tiny-sd-other")
+    build_tiny_pipeline(max_tokens=12).save_pretrained(other)
+    ln = build_demo([str(tiny_model_dir), str(other)]).sdviz_links
+    updates = lesson_links.restore(ln, str(tiny_model_dir), request({"model": str(other), "seed": "4"}))
+    assert updates[ln.notice] == ""
+    assert updates[ln.page.model_state] == str(other) and updates[ln.model_choice] == str(other)
+    assert "reads 12 tokens" in updates[ln.page.model_info]
+    assert updates[ln.controls.component("seed", "txt2img")] == 4
+    refused = lesson_links.restore(ln, str(tiny_model_dir), request({"model": "stabilityai/sd-turbo"}))
+    assert ln.page.model_state not in refused and "the model was ignored" in refused[ln.notice]

@@ -348,6 +348,7 @@ class LinkBar:
     link_box: gr.Textbox  # hidden until a link is made; Gradio's copy button beside it
     notice: gr.Markdown
     query: gr.Textbox  # the checked query for the address bar's JavaScript (in the page, never shown)
+    run: gr.Button  # in the page, never shown: the JavaScript presses it when the link says run=1
 
 
 def copy_link_button() -> gr.Button:
@@ -360,7 +361,8 @@ def link_bar(copy: gr.Button) -> LinkBar:
                           elem_id="link-box")
     notice = gr.Markdown("", elem_id="link-notice", elem_classes=["teaching-message"])
     query = gr.Textbox(visible="hidden", elem_id="link-query")
-    return LinkBar(copy, link_box, notice, query)
+    run = gr.Button("run the link", visible="hidden", elem_id="link-run")
+    return LinkBar(copy, link_box, notice, query, run)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         _wire_playground(page, init_image, concurrency_limit or limits.concurrency)
         _register_links(controls, page, init_image, lesson)
         links = Links(page, controls, tabs, gr.State("txt2img"), gr.State({}), bar.notice, bar.query, bar.link_box,
-                      lesson, cfg_info, model_choice)
+                      bar.run, lesson, cfg_info, model_choice)
         _wire_links(links, bar.copy, init_image)
         model_choice.change(
             bind(playground.choose_model, page), [model_choice, model_state],
@@ -204,19 +204,18 @@ def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
                   page.strength, page.img.steps, page.img.guidance_scale, page.img.seed, page.img.scheduler,
                   page.model_state, page.slow_state]
 
-    def then_run(event) -> None:
-        """After a link is applied: the address bar gets the checked query; ``run=1`` runs, then what needs the run."""
-        event.then(fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)
-        event.then(bind(lesson_links.run_link, ln), run_inputs, [panel.final, *panel.all_outputs(), page.run_state],
-                   **MODEL_EVENTS | {"show_progress": "hidden"}).then(
-            bind(lesson_links.settle_link, ln), [ln.pending], panel.frame_outputs(), **PEEK_EVENTS).then(
-            bind(lesson_links.after_run, ln), [ln.pending, page.run_state], ln.after_run_outputs(), **PEEK_EVENTS).then(
-            bind(lesson_links.settle_animation_link, ln), [ln.pending], panel.animation, **PEEK_EVENTS)
-
+    # run=1: the page presses a hidden button once the link is applied (texts.SET_URL_JS), so a link that does not
+    # run sends no generate event at all (it would wait for a generate slot, and count in the queue)
+    run = ln.run.click(bind(lesson_links.run_link, ln), run_inputs, [panel.final, *panel.all_outputs(), page.run_state],
+                       **MODEL_EVENTS | {"show_progress": "hidden"})
+    run.then(bind(playground.settle, page), None, panel.frame_outputs(), **PEEK_EVENTS).then(
+        bind(lesson_links.after_run, ln), [ln.pending, page.run_state], ln.after_run_outputs(), **PEEK_EVENTS).then(
+        bind(playground.settle_animation, page), None, panel.animation, **PEEK_EVENTS)
     quiet = CHEAP_EVENTS | {"show_progress": "hidden"}  # they touch components all over the page
-    then_run(page.demo.load(bind(lesson_links.restore, ln), [page.model_state], ln.outputs(), **quiet))
-    then_run(lesson.open.click(bind(lesson_links.open_station, ln), [lesson.station, page.model_state], ln.outputs(),
-                               **quiet))
+    for event in (page.demo.load(bind(lesson_links.restore, ln), [page.model_state], ln.outputs(), **quiet),
+                  lesson.open.click(bind(lesson_links.open_station, ln), [lesson.station, page.model_state],
+                                    ln.outputs(), **quiet)):
+        event.then(fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)  # the address bar; run=1 runs
     for button, handler in ((lesson.back, lesson_links.station_back), (lesson.next, lesson_links.station_next)):
         button.click(bind(handler, ln), [lesson.station], [*lesson.outputs(), ln.query], **CHEAP_EVENTS).then(
             fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)

@@ -2,7 +2,7 @@
 
 A link's query (``?tab=cfg&prompt=...&run=1``) is read when the page loads (:func:`restore`): it is checked by
 :func:`sdviz.lessons.links.parse_query`, and what passes sets the controls and selects the tab (:func:`apply`); what
-does not is named in a notice under the header. ``run=1`` then presses the shown generate tab's Generate
+does not is named in a notice under the header. ``run=1`` then runs the shown generate tab's settings
 (:func:`run_link`: the playground's own handler, so the same loop and the same picture), and :func:`after_run` puts
 back what needs the run: the step shown, a teaching tab's "last picture", the what-if step. The address bar gets the
 checked query back, so a rejected value never stays in it.
@@ -67,6 +67,7 @@ class Links:
     notice: gr.Markdown
     query: gr.Textbox  # the checked query, for the JavaScript that writes the address bar
     link_box: gr.Textbox
+    run: gr.Button  # pressed by the page's JavaScript when the applied link says run=1
     lesson: LessonView
     cfg_info: gr.Markdown
     model_choice: gr.Dropdown
@@ -163,19 +164,6 @@ def run_link(ln: Links, pending, txt_prompt, txt_negative, txt_steps, txt_cfg, t
     else:
         yield from playground.txt2img(page, txt_prompt, txt_negative, txt_steps, txt_cfg, txt_seed, txt_scheduler,
                                       model_name, slow, request=request)
-
-
-def settle_link(ln: Links, pending, request: gr.Request = None) -> dict:
-    """After a link's run: the panel's end state (:func:`sdviz.app.playground.settle`); nothing when it did not run."""
-    if not isinstance(pending, dict) or not pending.get("run"):
-        return playground.unchanged()
-    return playground.settle(ln.page, request=request)
-
-
-def settle_animation_link(ln: Links, pending, request: gr.Request = None):
-    if not isinstance(pending, dict) or not pending.get("run"):
-        return gr.skip()
-    return playground.settle_animation(ln.page, request=request)
 
 
 def after_run(ln: Links, pending, run, request: gr.Request = None) -> dict:

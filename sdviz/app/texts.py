@@ -177,12 +177,16 @@ def station_texts(number: int, total: int, station) -> dict[str, str]:
 
 
 # The address bar and the clipboard: the query comes checked and URL-encoded from Python (lesson_links); an empty
-# one leaves the address as it is.
+# one leaves the address as it is. A link with run=1 then presses the page's hidden run button (#link-run).
 SET_URL_JS = """(query) => {
   if (!query) return;
   const url = new URL(window.location.href);
   url.search = query;
   window.history.replaceState(null, "", url);
+  if (url.searchParams.get("run") === "1") {
+    const run = document.getElementById("link-run");
+    (run && run.tagName === "BUTTON" ? run : run?.querySelector("button"))?.click();
+  }
 }"""
 COPY_LINK_JS = """(query) => {
   const url = new URL(window.location.href);

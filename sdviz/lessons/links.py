@@ -39,8 +39,8 @@ DEFAULT_SCHEDULER = "default"  # the scheduler dropdown's value for "the model's
 LAST_PICTURE = "last"  # a teaching tab's picture: the session's last generated picture
 UI_MAX_STEPS = min(100, MAX_STEPS)  # the Steps slider's end (sdviz.app.components uses the same number)
 
-MAX_TEXT = 300  # characters of a prompt in a link (a toy-world prompt needs about 40)
-MAX_VALUE = 40  # characters of any other value
+MAX_TEXT = 300  # characters of a text or a choice in a link (a toy-world prompt needs about 40)
+MAX_VALUE = 40  # characters of a number or a flag
 MAX_KEYS = 40  # keys read from one query; the rest are ignored with one notice
 SHOWN_KEY = 24  # characters of a rejected key that a notice shows
 SCALES_RULE = f"it must be 1 to {MAX_SWEEP} numbers from 0 to {MAX_SCALE:g}, separated by commas, like 1, 3, 7.5."
@@ -182,7 +182,7 @@ def parse_value(key: Key, raw, page_choices: Sequence[str] | None = None):
     """One value of a query, checked against its key; raises SdvizError with the rule it broke."""
     if not isinstance(raw, str):
         raise SdvizError("it is not text.")
-    limit = MAX_TEXT if key.kind == "text" else MAX_VALUE
+    limit = MAX_TEXT if key.kind in ("text", "choice") else MAX_VALUE  # a choice may be a model's folder
     if len(raw) > limit:
         raise SdvizError(f"it is longer than {limit} characters.")
     if key.kind == "whole":
