@@ -57,7 +57,7 @@ def test_a_link_sets_every_control_of_its_view_and_selects_its_tab(ln, tiny_mode
     updates = lesson_links.restore(ln, tiny_model_name, request({k: links.format_value(links.KEYS[k], v)
                                                                   for k, v in values.items()}))
     assert updates[ln.tabs].selected == tab and updates[ln.tab_state] == tab
-    assert updates[ln.notice] == ""
+    assert value_of(updates[ln.notice]) == ""
     assert updates[ln.pending] == values
     generate_tab = ln.generate_tab(tab)
     for key, value in values.items():
@@ -85,7 +85,7 @@ def test_a_hostile_query_reaches_the_page_only_as_an_escaped_notice(ln, tiny_mod
              "tab": "javascript:alert(1)", "model": "../../secrets", "[click](javascript:alert(1))": "1"}
     updates = lesson_links.restore(ln, tiny_model_name, request(query))
     assert updates[ln.pending] == {}
-    notice = updates[ln.notice]
+    notice = value_of(updates[ln.notice])
     assert notice.count("⚠️") == len(query)
     assert "<" not in notice and "onerror" not in notice and "9999999999" not in notice and "secrets" not in notice
     assert "'&lt;script&gt;alert\\(1\\)&lt;/script…'" in notice  # named, shortened and escaped
@@ -160,7 +160,7 @@ def test_copy_link_gives_back_the_link_that_made_the_view(ln, tiny_model_name):
     data |= {ln.tab_state: "forward", page.model_state: tiny_model_name, page.run_state: None,
              page.panel.slow: False, page.panel.step: 1}
     copied = lesson_links.copy_link(ln, data, request({}))
-    assert copied[ln.notice] == ""
+    assert value_of(copied[ln.notice]) == "" and not copied[ln.notice].visible
     back = links.parse_query(links.parse_pairs(copied[ln.query]), lesson_links.page_choices(page))
     assert back.values == values  # no run=1: the session has no run to reproduce
 
@@ -174,14 +174,14 @@ def test_copy_link_leaves_an_uploaded_picture_out_and_says_so(ln, tiny_model_nam
     data = {ln.tab_state: "latent", ln.controls.component("latent_picture", None): str(upload),
             page.model_state: tiny_model_name, page.run_state: None}
     copied = lesson_links.copy_link(ln, data, request({}))
-    assert "latent_picture" not in copied[ln.query] and "cannot go into a link" in copied[ln.notice]
+    assert "latent_picture" not in copied[ln.query] and "cannot go into a link" in value_of(copied[ln.notice])
 
 
 @pytest.mark.parametrize("number", range(1, len(guided.STATIONS) + 1))
 def test_each_stations_button_opens_its_tab_with_its_presets(ln, tiny_model_name, number):
     station = guided.station(number)
     updates = lesson_links.open_station(ln, number, tiny_model_name)
-    assert updates[ln.tabs].selected == station.tab and updates[ln.notice] == ""
+    assert updates[ln.tabs].selected == station.tab and value_of(updates[ln.notice]) == ""
     assert updates[ln.pending] == station.link
     for key, value in station.presets.items():
         component = ln.controls.component(key, ln.generate_tab(station.tab) if key in lesson_links.SETTINGS else None)
@@ -213,9 +213,9 @@ def test_a_link_to_another_model_of_the_allow_list_loads_it_with_its_own_default
     build_tiny_pipeline(max_tokens=12).save_pretrained(other)
     ln = build_demo([str(tiny_model_dir), str(other)]).sdviz_links
     updates = lesson_links.restore(ln, str(tiny_model_dir), request({"model": str(other), "seed": "4"}))
-    assert updates[ln.notice] == ""
+    assert value_of(updates[ln.notice]) == ""
     assert updates[ln.page.model_state] == str(other) and updates[ln.model_choice] == str(other)
     assert "reads 12 tokens" in updates[ln.page.model_info]
     assert updates[ln.controls.component("seed", "txt2img")] == 4
     refused = lesson_links.restore(ln, str(tiny_model_dir), request({"model": "stabilityai/sd-turbo"}))
-    assert ln.page.model_state not in refused and "the model was ignored" in refused[ln.notice]
+    assert ln.page.model_state not in refused and "the model was ignored" in value_of(refused[ln.notice])

@@ -359,7 +359,7 @@ def link_bar(copy: gr.Button) -> LinkBar:
     """Under the header: the link box (empty and hidden at first) and the notice."""
     link_box = gr.Textbox(label="Link to this view", interactive=False, visible=False, buttons=["copy"],
                           elem_id="link-box")
-    notice = gr.Markdown("", elem_id="link-notice", elem_classes=["teaching-message"])
+    notice = gr.Markdown("", visible=False, elem_id="link-notice", elem_classes=["teaching-message"])
     query = gr.Textbox(visible="hidden", elem_id="link-query")
     run = gr.Button("run the link", visible="hidden", elem_id="link-run")
     return LinkBar(copy, link_box, notice, query, run)

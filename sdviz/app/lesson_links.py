@@ -87,6 +87,12 @@ class Links:
                 ("forward_picture", "latent_picture", "cfg_step", "cfg_g")], self.cfg_info]
 
 
+def notice(notices: list[str]) -> gr.Markdown:
+    """The notice under the header: shown only when there is something to say (empty, it would still take a gap
+    of the page's layout, and push the live view off a 720-px screen)."""
+    return gr.Markdown(texts.link_notices(notices), visible=bool(notices))
+
+
 def _unique(components: list) -> list:
     return list({id(c): c for c in components}.values())
 
@@ -145,7 +151,7 @@ def apply(ln: Links, values: dict, notices: list[str], model_name) -> dict:
         updates[page.slow_state] = values["slow"]  # now: the run may start before the checkbox's own event
     if "station" in values:
         updates |= station_view(ln, values["station"])
-    updates[ln.notice] = texts.link_notices(notices)
+    updates[ln.notice] = notice(notices)
     return updates
 
 
@@ -174,7 +180,8 @@ def after_run(ln: Links, pending, run, request: gr.Request = None) -> dict:
     page, updates = ln.page, {}
     latest = page.runs.latest(getattr(request, "session_hash", None))
     if "step" in pending and latest is not None and latest.outcome == DONE:
-        updates |= playground.show_step(page, pending["step"], request=request)
+        shown = playground.show_step(page, pending["step"], request=request)
+        updates |= shown if shown != playground.unchanged() else {}
     for key in ("forward_picture", "latent_picture"):
         if pending.get(key) == links.LAST_PICTURE and isinstance(run, Trace):
             updates[ln.controls.component(key, None)] = run.image
@@ -216,7 +223,7 @@ def copy_link(ln: Links, data: dict, request: gr.Request = None) -> dict:
     raw = links.make_query({k: v for k, v in _as_link_values(values).items() if v is not None})
     parsed = links.parse_query(links.parse_pairs(raw), page_choices(page))  # the same rules as an opened link
     return {ln.query: "?" + links.make_query(parsed.values), ln.link_box: gr.Textbox(visible=True),
-            ln.notice: texts.link_notices(notices + parsed.notices)}
+            ln.notice: notice(notices + parsed.notices)}
 
 
 def _as_link_values(values: dict) -> dict:

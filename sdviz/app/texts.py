@@ -246,8 +246,8 @@ CSS = """
 #peek-noise .peek-figures { grid-template-columns: repeat(4, minmax(0, 1fr)); }
 #peek-plot img { image-rendering: auto; }
 #peek-numbers table { font-size: 0.9em; }
-/* Lesson links: the notice under the header takes no space when empty */
-#link-notice:empty, #link-notice .prose:empty { display: none; }
+/* Lesson links: a button no taller than the model line beside it; the notice's lines close together */
+#copy-link { min-height: 0; padding-top: 1px; padding-bottom: 1px; }
 #link-notice p { margin: 2px 0; }
 /* The guided lesson, read from the back of a room on a 1280 x 720 projector */
 #lesson-title h2 { font-size: 1.9em; margin: 0 0 6px; }
