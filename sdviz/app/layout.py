@@ -229,9 +229,11 @@ def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
 # --- The teaching tabs: one function per tab, each with its events beside it -----------------------------------
 
 
-def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls) -> gr.Markdown:
+def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls | None = None) -> gr.Markdown:
     """One tab per piece of the story; call inside the app's ``gr.Tabs()``. Each registers its controls for lesson
-    links in ``links``. Returns the CFG tab's line on the latest run (a link that runs updates it)."""
+    links in ``links`` (by default a registry of their own). Returns the CFG tab's line on the latest run (a link
+    that runs updates it)."""
+    links = links if links is not None else LinkControls()
     _forward_tab(model_choice, run_state, links)
     _latent_tab(model_choice, run_state, links)
     _attention_tab(model_choice, run_state, links)
