@@ -114,11 +114,13 @@ def test_a_teacher_walks_the_guided_lesson_and_opens_a_station(browser_app_url, 
     assert address(page)["forward_picture"] == "big_red_circle_in_the_center"
     shot(page, tmp_path / "station-2-opened-1400x900.png")
 
-    # ... and the link to that view, which opens the same view in a fresh page
+    # ... and the link to that view, in the box and on the clipboard, which opens the same view in a fresh page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=browser_app_url.rstrip("/"))
     page.locator("#copy-link").click()
     box = page.locator("#link-box textarea")
     expect(box).to_have_value(re.compile(r"\?tab=forward&"))
     copied = box.input_value()
+    assert page.evaluate("navigator.clipboard.readText()") == copied
     assert {"forward_t": "400", "forward_seed": "0", "forward_picture": "big_red_circle_in_the_center"}.items() \
         <= dict(address(page)).items()
     shot(page, tmp_path / "copied-link-1400x900.png")

@@ -219,3 +219,20 @@ def test_a_link_to_another_model_of_the_allow_list_loads_it_with_its_own_default
     assert updates[ln.controls.component("seed", "txt2img")] == 4
     refused = lesson_links.restore(ln, str(tiny_model_dir), request({"model": "stabilityai/sd-turbo"}))
     assert ln.page.model_state not in refused and "the model was ignored" in value_of(refused[ln.notice])
+
+
+def test_copy_link_runs_and_shows_the_step_only_when_the_last_run_is_the_one_it_describes(ln, tiny_model_name):
+    pending = {"tab": "txt2img", "prompt": "a red circle", "negative": "", "steps": 3, "cfg": 5.0, "seed": 8,
+               "scheduler": "default", "run": True}
+    updates = run_updates(ln, pending, session="copy")
+    trace = next(u[ln.page.run_state] for u in updates if ln.page.run_state in u)
+    page = ln.page
+    data = {ln.controls.component(k, "txt2img"): pending[k] for k in lesson_links.SETTINGS}
+    data |= {ln.tab_state: "txt2img", page.model_state: tiny_model_name, page.run_state: trace,
+             page.panel.slow: False, page.panel.step: 2.0}
+    copied = links.parse_query(links.parse_pairs(lesson_links.copy_link(ln, data, request({}))[ln.query]),
+                               lesson_links.page_choices(page)).values
+    assert copied == {**pending, "model": tiny_model_name, "slow": False, "step": 2}
+    data[ln.controls.component("seed", "txt2img")] = 9  # the controls no longer describe the last run
+    copied = lesson_links.copy_link(ln, data, request({}))[ln.query]
+    assert "seed=9" in copied and "run=" not in copied and "step=" not in copied
