@@ -124,6 +124,8 @@ def test_a_teacher_walks_the_guided_lesson_and_opens_a_station(browser_app_url, 
     assert {"forward_t": "400", "forward_seed": "0", "forward_picture": "big_red_circle_in_the_center"}.items() \
         <= dict(address(page)).items()
     shot(page, tmp_path / "copied-link-1400x900.png")
+    page.get_by_role("tab", name="Latent space", exact=True).click()  # another view: the old link goes away
+    expect(page.locator("#link-box")).not_to_be_visible()
     page.goto(copied)
     expect(page.get_by_role("tab", name="Forward diffusion", exact=True)).to_have_attribute("aria-selected", "true")
     expect(page.locator("#forward-text")).to_contain_text("t = 400")

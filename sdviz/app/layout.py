@@ -219,7 +219,7 @@ def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
     for button, handler in ((lesson.back, lesson_links.station_back), (lesson.next, lesson_links.station_next)):
         button.click(bind(handler, ln), [lesson.station], [*lesson.outputs(), ln.query], **CHEAP_EVENTS).then(
             fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)
-    ln.tabs.select(lesson_links.tab_selected, None, ln.tab_state, **CHEAP_EVENTS)
+    ln.tabs.select(lesson_links.tab_selected, None, [ln.tab_state, ln.link_box], **CHEAP_EVENTS)
     view = {*ln.controls.components(), ln.tab_state, page.model_state, page.run_state, panel.slow, panel.step,
             lesson.station}
     copy.click(bind(lesson_links.copy_link, ln), view, [ln.query, ln.link_box, ln.notice], **CHEAP_EVENTS).then(

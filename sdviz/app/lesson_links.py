@@ -329,5 +329,6 @@ def open_station(ln: Links, number, model_name) -> dict:
 
 
 def tab_selected(evt: gr.SelectData):
-    """The student clicked a tab: remember which (for Copy link)."""
-    return {label: tab for tab, label in links.TABS.items()}.get(evt.value, gr.skip())
+    """The student clicked a tab: remember which (for Copy link), and put the last link away (it was another view's,
+    and it would push the live view off a projector's screen)."""
+    return {label: tab for tab, label in links.TABS.items()}.get(evt.value, gr.skip()), gr.Textbox(visible=False)
