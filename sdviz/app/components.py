@@ -18,15 +18,15 @@ from PIL import Image
 from sdviz.app import texts
 from sdviz.app.gradio_internals import no_stub_files
 from sdviz.app.services import UnreadablePicture, decodes_are_cheap, is_hub_id, student_error
-from sdviz.lessons import peek
+from sdviz.lessons import guided, links, peek
 from sdviz.pipeline.models import EMBEDDED, Model
 from sdviz.pipeline.schedulers import SCHEDULERS, scheduler_name
-from sdviz.pipeline.settings import MAX_INIT_PIXELS, MAX_STEPS, RunSettings
+from sdviz.pipeline.settings import MAX_INIT_PIXELS, RunSettings
 from sdviz.toy import world
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
-DEFAULT_SCHEDULER = "default"  # the dropdown/API value for "the model's own scheduler"
-UI_MAX_STEPS = min(100, MAX_STEPS)
+DEFAULT_SCHEDULER = links.DEFAULT_SCHEDULER  # the dropdown/API value for "the model's own scheduler"
+UI_MAX_STEPS = links.UI_MAX_STEPS  # lesson links check steps against the same end
 
 
 with no_stub_files():
@@ -335,3 +335,70 @@ def picture_output(label: str, elem_id: str, height: int, **kwargs) -> gr.Image:
     :mod:`sdviz.app.texts`): the embedded model's pictures are only 64x64."""
     return gr.Image(label=label, type="pil", format="png", interactive=False, height=height, elem_id=elem_id,
                     elem_classes=["teaching-picture"], **kwargs)
+
+
+# --- Lesson links and the guided lesson -----------------------------------------------------------------------
+
+
+@dataclass
+class LinkBar:
+    """Copy link to this view (in the header), the link it made, and the notice of what a link left out."""
+
+    copy: gr.Button
+    link_box: gr.Textbox  # hidden until a link is made; Gradio's copy button beside it
+    notice: gr.Markdown
+    query: gr.Textbox  # the checked query for the address bar's JavaScript (in the page, never shown)
+    run: gr.Button  # in the page, never shown: the JavaScript presses it when the link says run=1
+
+
+def copy_link_button() -> gr.Button:
+    return gr.Button("Copy link to this view", size="sm", scale=0, min_width=190, elem_id="copy-link")
+
+
+def link_bar(copy: gr.Button) -> LinkBar:
+    """Under the header: the link box (empty and hidden at first) and the notice."""
+    link_box = gr.Textbox(label="Link to this view", interactive=False, visible=False, buttons=["copy"],
+                          elem_id="link-box")
+    notice = gr.Markdown("", visible=False, elem_id="link-notice", elem_classes=["teaching-message"])
+    query = gr.Textbox(visible="hidden", elem_id="link-query")
+    run = gr.Button("run the link", visible="hidden", elem_id="link-run")
+    return LinkBar(copy, link_box, notice, query, run)
+
+
+@dataclass
+class LessonView:
+    """One station of the guided lesson on screen, and its buttons."""
+
+    station: gr.State  # its number, 1-based
+    title: gr.Markdown
+    do: gr.Markdown
+    look: gr.Markdown
+    question: gr.Markdown
+    answer_box: gr.Accordion
+    answer: gr.Markdown
+    back: gr.Button
+    next: gr.Button
+    open: gr.Button
+
+    def outputs(self) -> list:
+        return [self.station, self.title, self.do, self.look, self.question, self.answer_box, self.answer,
+                self.back, self.next, self.open]
+
+
+def lesson_view() -> LessonView:
+    """The guided lesson's first station (call inside its tab)."""
+    total = len(guided.STATIONS)
+    first = texts.station_texts(1, total, guided.STATIONS[0])
+    station = gr.State(1)
+    with gr.Column(elem_id="lesson"):
+        title = gr.Markdown(first["title"], elem_id="lesson-title")
+        do = gr.Markdown(first["do"], elem_id="lesson-do")
+        look = gr.Markdown(first["look"], elem_id="lesson-look")
+        question = gr.Markdown(first["question"], elem_id="lesson-question")
+        with gr.Accordion("Show the answer", open=False, elem_id="lesson-answer-box") as answer_box:
+            answer = gr.Markdown(first["answer"], elem_id="lesson-answer")
+        with gr.Row(elem_id="lesson-nav"):
+            back = gr.Button("◀ Back", interactive=False, scale=1, elem_id="lesson-back")
+            open_tab = gr.Button(first["open"], variant="primary", scale=3, elem_id="lesson-open")
+            forward = gr.Button("Next ▶", scale=1, elem_id="lesson-next")
+    return LessonView(station, title, do, look, question, answer_box, answer, back, forward, open_tab)

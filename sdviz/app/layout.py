@@ -1,8 +1,8 @@
 """The sdviz page: :func:`build_demo` lays out the components and wires their events (``app.py`` launches it).
 
-    model choice
+    model choice, Copy link to this view (lesson links: sdviz.app.lesson_links)
     tabs: Text to image | Image to image | Forward diffusion | Latent space | Text & attention | U-Net |
-          CFG experiments | Prompt A/B | Export
+          CFG experiments | Prompt A/B | Export | Guided lesson
     the peek-inside panel: every step of the latest run, live while it runs, scrubbable afterwards
 
 The handlers are plain functions: the playground's in :mod:`sdviz.app.playground` (bound to the page's
@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from sdviz.app import components, hosting, playground, teaching, texts
+from sdviz.app import components, hosting, lesson_links, playground, teaching, texts
 from sdviz.app.components import PictureUpload, Slider, picture_input, picture_output
+from sdviz.app.lesson_links import LinkControls, Links
 from sdviz.app.playground import Page, bind
 from sdviz.app.services import load_for_app
 from sdviz.app.sessions import STATE_TTL_S, SessionRuns
@@ -43,6 +44,8 @@ VARIANT_SLIDERS = {
     "cfg-variants-start": ("CFG from (share of the steps)", 0, 0.95, 0.05, guidance_variants.DEFAULT_INTERVAL[0]),
     "cfg-variants-end": ("CFG until (share of the steps)", 0.05, 1, 0.05, guidance_variants.DEFAULT_INTERVAL[1]),
 }
+VARIANT_LINK_KEYS = {"variants_g": "cfg-variants-scale", "variants_rescale": "cfg-variants-rescale",
+                     "variants_from": "cfg-variants-start", "variants_until": "cfg-variants-end"}  # links.KEYS names
 PEEK_EVENTS = dict(api_visibility="private", concurrency_id=PEEK_CONCURRENCY_ID, concurrency_limit=PEEK_CONCURRENCY,
                    show_progress="hidden")  # decodes of stored steps: cheap, but they use the VAE
 
@@ -72,16 +75,22 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
             gr.Markdown("# sdviz: watch Stable Diffusion make a picture, step by step", elem_id="title")
             model_choice = gr.Dropdown([(components.model_label(m), m) for m in models], value=models[0],
                                        label="Model", elem_id="model", scale=1, min_width=320)
-        model_info = gr.Markdown(model_note, elem_id="model-info")
+        with gr.Row(equal_height=True, elem_id="model-row"):
+            model_info = gr.Markdown(model_note, elem_id="model-info")
+            copy_link = components.copy_link_button()
+        bar = components.link_bar(copy_link)
+        controls = LinkControls()  # which component holds each lesson-link key (sdviz.lessons.links.KEYS)
         model_state = gr.State(models[0])
         run_state = gr.State(None, time_to_live=STATE_TTL_S)
         slow_state = gr.State(False)  # the slow-motion box, for the generate events (a State: not in the API)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 txt = _txt2img_tab(defaults, model)
             with gr.Tab("Image to image", id="img2img"):
                 img, init_image, strength = _img2img_tab(defaults, model)
-            teaching_tabs(model_choice, run_state)
+            cfg_info = teaching_tabs(model_choice, run_state, controls)
+            with gr.Tab("Guided lesson", id="lesson"):
+                lesson = components.lesson_view()
         panel = components.peek_panel(model)
         txt.final = img.final = panel.final  # one panel, one final picture: the latest run's
         with gr.Accordion("Prompts to try (text to image)", open=False, elem_id="prompt-examples"):
@@ -97,6 +106,10 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         gr.Button(visible=False, elem_id="lesson-slots").click(  # never clicked: sets the "lessons" slots' limit
             lambda: None, api_visibility="private", concurrency_id=LESSON_CONCURRENCY_ID,
             concurrency_limit=limits.lesson_concurrency)
+        _register_links(controls, page, init_image, lesson)
+        links = Links(page, controls, tabs, gr.State("txt2img"), gr.State({}), bar.notice, bar.query, bar.link_box,
+                      bar.run, lesson, cfg_info, model_choice)
+        _wire_links(links, bar.copy, init_image)
         model_choice.change(
             bind(playground.choose_model, page), [model_choice, model_state],
             [model_state, model_info, strength, txt.steps, txt.guidance_scale, txt.scheduler, img.steps,
@@ -107,6 +120,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
 
     demo.queue(max_size=queue_size or limits.queue_size)
     demo.sdviz_page = page  # the handlers' context: the sessions' runs and the components, for tests and benchmarks
+    demo.sdviz_links = links  # the lesson links' context
     return demo
 
 
@@ -182,21 +196,70 @@ def _wire_playground(page: Page, init_image: gr.Image, concurrency_limit: int) -
                 trigger_mode="always_last", **peek_events)
 
 
+# --- Lesson links and the guided lesson (handlers: sdviz.app.lesson_links) -----------------------------------------
+
+
+def _register_links(controls: LinkControls, page: Page, init_image: gr.Image, lesson: components.LessonView) -> None:
+    """The playground's components that lesson links set and read (the teaching tabs register their own)."""
+    for tab, generate in (("txt2img", page.txt), ("img2img", page.img)):
+        for key, field in lesson_links.SETTINGS.items():
+            controls.register(key, getattr(generate, field), tab)
+    controls.register("strength", page.strength)
+    controls.register("example", init_image)
+    controls.register("slow", page.panel.slow)
+    controls.register("step", page.panel.step)
+    controls.register("station", lesson.station)
+
+
+def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
+    """Opening a link (the page's address, or a station's button), Copy link, and the lesson's Back and Next."""
+    page, panel, lesson = ln.page, ln.page.panel, ln.lesson
+    run_inputs = [ln.pending, page.txt.prompt, page.txt.negative_prompt, page.txt.steps, page.txt.guidance_scale,
+                  page.txt.seed, page.txt.scheduler, init_image, page.img.prompt, page.img.negative_prompt,
+                  page.strength, page.img.steps, page.img.guidance_scale, page.img.seed, page.img.scheduler,
+                  page.model_state, page.slow_state]
+
+    # run=1: the page presses a hidden button once the link is applied (texts.SET_URL_JS), so a link that does not
+    # run sends no generate event at all (it would wait for a generate slot, and count in the queue)
+    run = ln.run.click(bind(lesson_links.run_link, ln), run_inputs, [panel.final, *panel.all_outputs(), page.run_state],
+                       **MODEL_EVENTS | {"show_progress": "hidden"})
+    run.then(bind(playground.settle, page), None, panel.frame_outputs(), **PEEK_EVENTS).then(
+        bind(lesson_links.after_run, ln), [ln.pending, page.run_state], ln.after_run_outputs(), **PEEK_EVENTS).then(
+        bind(playground.settle_animation, page), None, panel.animation, **PEEK_EVENTS)
+    quiet = CHEAP_EVENTS | {"show_progress": "hidden"}  # they touch components all over the page
+    for event in (page.demo.load(bind(lesson_links.restore, ln), [page.model_state], ln.outputs(), **quiet),
+                  lesson.open.click(bind(lesson_links.open_station, ln), [lesson.station, page.model_state],
+                                    ln.outputs(), **quiet)):
+        event.then(fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)  # the address bar; run=1 runs
+    for button, handler in ((lesson.back, lesson_links.station_back), (lesson.next, lesson_links.station_next)):
+        button.click(bind(handler, ln), [lesson.station], [*lesson.outputs(), ln.query], **CHEAP_EVENTS).then(
+            fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)
+    ln.tabs.select(lesson_links.tab_selected, None, [ln.tab_state, ln.link_box], **CHEAP_EVENTS)
+    view = {*ln.controls.components(), ln.tab_state, page.model_state, page.run_state, panel.slow, panel.step,
+            lesson.station}
+    copy.click(bind(lesson_links.copy_link, ln), view, [ln.query, ln.link_box, ln.notice], **CHEAP_EVENTS).then(
+        fn=None, inputs=[ln.query], outputs=[ln.link_box], js=texts.COPY_LINK_JS, queue=False)
+
+
 # --- The teaching tabs: one function per tab, each with its events beside it -----------------------------------
 
 
-def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
-    """One tab per piece of the story; call inside the app's ``gr.Tabs()``."""
-    _forward_tab(model_choice, run_state)
-    _latent_tab(model_choice, run_state)
-    _attention_tab(model_choice, run_state)
+def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls | None = None) -> gr.Markdown:
+    """One tab per piece of the story; call inside the app's ``gr.Tabs()``. Each registers its controls for lesson
+    links in ``links`` (by default a registry of their own). Returns the CFG tab's line on the latest run (a link
+    that runs updates it)."""
+    links = links if links is not None else LinkControls()
+    _forward_tab(model_choice, run_state, links)
+    _latent_tab(model_choice, run_state, links)
+    _attention_tab(model_choice, run_state, links)
     _unet_tab(model_choice)
-    _cfg_tab(run_state)
-    _ab_tab(run_state)
+    cfg_info = _cfg_tab(run_state, links)
+    _ab_tab(run_state, links)
     _export_tab(run_state)
+    return cfg_info
 
 
-def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls) -> None:
     with gr.Tab("Forward diffusion", id="forward"):
         gr.Markdown(texts.EXPLAIN_FORWARD)
         with gr.Row():
@@ -213,6 +276,9 @@ def _forward_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
             schedule = gr.Plot(label="the noise schedule", show_label=False, format="png", elem_id="forward-schedule")
             latents = gr.Plot(label="the noisy latents", show_label=False, format="png", elem_id="forward-latents")
     _picture_events(model_choice, run_state, image, toy, last, message)
+    links.register("forward_picture", image)
+    links.register("forward_t", t)
+    links.register("forward_seed", seed)
     for trigger in (image.change, t.release, seed.submit):
         trigger(teaching.forward_view, [model_choice, image, t, seed], [noisy, latents, schedule, text, message],
                 trigger_mode="always_last", **MODEL_EVENTS)
@@ -225,7 +291,7 @@ def _picture_events(model_choice, run_state, image, toy, last, message) -> None:
     image.upload(teaching.picture_uploaded, [image], [image], **CHEAP_EVENTS)
 
 
-def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls) -> None:
     with gr.Tab("Latent space", id="latent"):
         gr.Markdown(texts.EXPLAIN_LATENT)
         with gr.Row():
@@ -235,11 +301,12 @@ def _latent_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         channels = gr.Plot(label="the 4 latent channels", show_label=False, format="png", elem_id="latent-channels")
         text = gr.Markdown(elem_id="latent-text")
     _picture_events(model_choice, run_state, image, toy, last, message)
+    links.register("latent_picture", image)
     image.change(teaching.latent_view, [model_choice, image], [decoded, channels, text, message],
                  trigger_mode="always_last", **MODEL_EVENTS)
 
 
-def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
+def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State, links: LinkControls) -> None:
     with gr.Tab("Text & attention", id="attention"):
         gr.Markdown(texts.EXPLAIN_TEXT)
         prompt = gr.Textbox(label="Prompt", placeholder="empty = the prompt of your last run",
@@ -266,6 +333,8 @@ def _attention_tab(model_choice: gr.Dropdown, run_state: gr.State) -> None:
         text = gr.Markdown(elem_id="attention-text")
         captured = gr.State(None, time_to_live=STATE_TTL_S)
         _lens_section(model_choice, prompt, run_state)
+    links.register("attention_prompt", prompt)
+    links.register("attention_special", special)
     tokenize.click(teaching.tokens_view, [model_choice, prompt, run_state], [tokens, token_text, embeddings, message],
                    **MODEL_EVENTS)
     run.click(teaching.attention_run, [model_choice, prompt, run_state, special],
@@ -299,7 +368,7 @@ def _unet_tab(model_choice: gr.Dropdown) -> None:
     draw.click(teaching.unet_view, [model_choice], [plot, table, text, message], **CHEAP_EVENTS)
 
 
-def _cfg_tab(run_state: gr.State) -> None:
+def _cfg_tab(run_state: gr.State, links: LinkControls) -> gr.Markdown:
     with gr.Tab("CFG experiments", id="cfg") as tab:
         gr.Markdown(texts.EXPLAIN_CFG)
         info = gr.Markdown(texts.NO_RUN, elem_id="cfg-info")
@@ -323,16 +392,24 @@ def _cfg_tab(run_state: gr.State) -> None:
             what_if = picture_output("what-if: this one step's x0 at the new g (extrapolated, not a run)",
                                      "cfg-what-if", height=200)
         text = gr.Markdown(elem_id="cfg-text")
-        variants_scale = _variants_section(run_state)
-    tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info, variants_scale], **CHEAP_EVENTS)
+        variants = _variants_section(run_state)
+    links.register("cfg_scales", scales)
+    links.register("cfg_step", step)
+    links.register("cfg_g", scale)
+    for key, elem_id in VARIANT_LINK_KEYS.items():
+        links.register(key, variants[elem_id])
+    tab.select(teaching.cfg_tab_opened, [run_state], [step, scale, info, variants["cfg-variants-scale"]],
+               **CHEAP_EVENTS)
     sweep.click(teaching.cfg_sweep, [run_state, scales], [pictures, plot, table, sweep_message], **MODEL_EVENTS)
     for trigger in (step.release, scale.release):
         trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text, what_if_message],
                 trigger_mode="always_last", **MODEL_EVENTS)
+    return info
 
 
-def _variants_section(run_state: gr.State) -> gr.Slider:
-    """Guidance variants against plain CFG from the same seed; returns the g slider (the tab sets it to the run's g)."""
+def _variants_section(run_state: gr.State) -> dict[str, gr.Slider]:
+    """Guidance variants against plain CFG from the same seed; returns the sliders by elem_id (the tab sets the g
+    slider to the run's g; lesson links set them all)."""
     gr.Markdown("### Guidance variants: rescale, and guidance on part of the steps only")
     gr.Markdown(texts.EXPLAIN_VARIANTS, elem_classes=["explain"])
     sliders = {}
@@ -351,7 +428,7 @@ def _variants_section(run_state: gr.State) -> gr.Slider:
     text = gr.Markdown(elem_id="cfg-variants-text")
     compare.click(teaching.cfg_variants, [run_state, *sliders.values()], [pictures, spread, text, message],
                   **MODEL_EVENTS)
-    return sliders["cfg-variants-scale"]
+    return sliders
 
 
 def _variant_slider(elem_id: str) -> gr.Slider:
@@ -359,7 +436,7 @@ def _variant_slider(elem_id: str) -> gr.Slider:
     return Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
 
 
-def _ab_tab(run_state: gr.State) -> None:
+def _ab_tab(run_state: gr.State, links: LinkControls) -> None:
     with gr.Tab("Prompt A/B", id="ab"):
         gr.Markdown(texts.EXPLAIN_AB)
         with gr.Row():
@@ -384,6 +461,7 @@ def _ab_tab(run_state: gr.State) -> None:
         text = gr.Markdown(elem_id="ab-text")
         ab_state = gr.State(None, time_to_live=STATE_TTL_S)
         timer = gr.Timer(teaching.PLAY_SECONDS, active=False)
+    links.register("ab_prompt", prompt_b)
     pictures = [a_xt, a_x0, b_xt, b_x0, plot]
     run.click(teaching.ab_run, [run_state, prompt_b], [ab_state, step, *pictures, text, message], **MODEL_EVENTS)
     step.release(teaching.ab_step, [ab_state, step], [*pictures, message], trigger_mode="always_last",

@@ -165,6 +165,56 @@ def too_long(what: str, max_tokens: int, dropped: list[str]) -> str:
             f"tokens included), so it was cut. Dropped ({len(dropped)} words): {shown}")
 
 
+# --- Lesson links and the guided lesson ---------------------------------------------------------------------
+
+PICTURE_NOT_IN_LINK = ("A picture you uploaded cannot go into a link (a link holds settings, not pixels): the link "
+                       "leaves it out. Pick one of the example pictures to share it.")
+LAST_NOT_IN_LINK = ("'My last picture' goes into a link only with the run that made it, and Text to image's settings "
+                    "are no longer those of your last run: the link leaves the picture out.")
+LINK_MADE = "The link to this view is in the box above (and on the clipboard where the browser allows it)."
+
+
+def escaped(text: str) -> str:
+    """Text shown as it is in a Markdown component: HTML and Markdown's own characters escaped."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", html.escape(str(text), quote=False))
+
+
+def link_notices(notices: list[str]) -> str:
+    """What a link (or Copy link) left out, one line each, escaped: a notice may name a key from the address bar."""
+    return "\n\n".join(f"⚠️ {escaped(n)}" for n in notices)
+
+
+def station_texts(number: int, total: int, station) -> dict[str, str]:
+    """A station of the guided lesson, as its components show it (big text: read from the back of a room)."""
+    return {"title": f"## Station {number} / {total}: {station.title}",
+            "do": f"**Do:** {station.do}", "look": f"**Look at:** {station.look}",
+            "question": f"**Question:** {station.question}", "answer": station.answer,
+            "open": f"Open this in the {station.tab_label} tab ▶"}
+
+
+# The address bar and the clipboard: the query comes checked and URL-encoded from Python (lesson_links); an empty
+# one leaves the address as it is. A link with run=1 then presses the page's hidden run button (#link-run).
+SET_URL_JS = """(query) => {
+  if (!query) return;
+  const url = new URL(window.location.href);
+  url.search = query;
+  window.history.replaceState(null, "", url);
+  if (url.searchParams.get("run") === "1") {
+    const run = document.getElementById("link-run");
+    (run && run.tagName === "BUTTON" ? run : run?.querySelector("button"))?.click();
+  }
+}"""
+COPY_LINK_JS = """(query) => {
+  const url = new URL(window.location.href);
+  url.search = query;
+  window.history.replaceState(null, "", url);
+  if (navigator.clipboard) navigator.clipboard.writeText(url.href).catch(() => {});
+  return url.href;
+}"""
+
 WAITING = "appears when you press Generate"
 LIVE_CAPTIONS = {"x_t": "x_t, VAE decode", "x0": "predicted x0, VAE decode", "guided": "guided noise (used)"}
 PREVIEW_CAPTIONS = {"x_t": "x_t, preview (no decoder)", "x0": "predicted x0, preview (no decoder)"}
@@ -215,4 +265,12 @@ CSS = """
 #peek-noise .peek-figures { grid-template-columns: repeat(4, minmax(0, 1fr)); }
 #peek-plot img { image-rendering: auto; }
 #peek-numbers table { font-size: 0.9em; }
+/* Lesson links: a button no taller than the model line beside it; the notice's lines close together */
+#copy-link { min-height: 0; padding-top: 1px; padding-bottom: 1px; }
+#link-notice p { margin: 2px 0; }
+/* The guided lesson, read from the back of a room on a 1280 x 720 projector */
+#lesson-title h2 { font-size: 1.9em; margin: 0 0 6px; }
+#lesson .prose p, #lesson-answer p { font-size: 1.4em; line-height: 1.35; margin: 4px 0; }
+#lesson-answer-box .label-wrap span { font-size: 1.3em; }
+#lesson-nav button { font-size: 1.25em; min-height: 52px; }
 """
