@@ -1,0 +1,418 @@
+"""A 2-D diffusion lab: the same reverse diffusion as Stable Diffusion, on points in the plane.
+
+A picture has thousands of numbers, so nobody can see its whole distribution. A point in the plane has two, so
+here the whole distribution fits on screen: three Gaussian "classes" around a circle, as in the classifier-free
+guidance paper's Figure 2 (Ho & Salimans 2022). The class plays the part of the prompt.
+
+The noise predictor is exact, not trained. For a Gaussian x0 ~ N(mu, S), the noisy point
+x_t = sqrt(ab) x0 + sqrt(1 - ab) eps is Gaussian too, N(sqrt(ab) mu, ab S + (1 - ab) I), and eps and x_t are jointly
+Gaussian, so the best guess of the noise is
+
+    E[eps | x_t] = sqrt(1 - ab) C^-1 (x_t - sqrt(ab) mu),      C = ab S + (1 - ab) I.
+
+For a mixture, each component's guess is weighted by how likely x_t came from it (its responsibility, by
+log-sum-exp). The conditional predictor ("with the prompt") uses only the chosen class's component; the
+unconditional one ("no prompt") the whole mixture. So classifier-free guidance is exact too: it goes through
+:func:`sdviz.pipeline.sampler.guide`, and the loop is the sampler's own :func:`~sdviz.pipeline.sampler.reverse_steps`
+with diffusers' schedulers, as for Stable Diffusion.
+
+The schedule is Stable Diffusion 1.5's (scaled-linear betas 0.00085 to 0.012, 1000 training steps) with one change:
+every scheduler's steps end at t = 999 ("trailing" spacing), so the first step always sees almost pure noise,
+however few steps are asked for (SD's "leading" spacing starts 5 steps at t = 801, where the data still shows).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+from sdviz.errors import SdvizError
+from sdviz.pipeline.sampler import NoiseEstimate, guide, reverse_steps, scheduler_step_kwargs
+from sdviz.pipeline.schedulers import SCHEDULERS, current_sigma, input_scale
+
+# --- The controls of the lab and their ranges (the page and any lesson link read them here) ---------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    minimum: float
+    maximum: float
+    step: float
+    default: float
+
+
+CLASSES = ("red", "blue", "green")  # the three classes, named by the colour they are drawn in
+CLASS_COLOURS = ("#d62728", "#1f63b4", "#2ca02c")
+ALL_CLASSES = "all three"  # the class control's first choice: a third of the samples for each class
+GUIDANCE = Range(0, 10, 0.25, 3.0)  # g = 0: unconditional, 1: conditional, > 1: guided
+STEPS = Range(1, 100, 1, 30)
+SAMPLES = Range(100, 1000, 50, 500)
+SEED = Range(0, 2**31 - 1, 1, 0)
+SCHEDULER_NAMES = tuple(SCHEDULERS)  # the same five schedulers as the playground
+DEFAULT_SCHEDULER = "ddim"
+COMPARE_SCALES = (0.0, 1.0, 3.0, 10.0)  # the side-by-side comparison, plus the scale chosen
+
+SD_SCHEDULE = dict(  # Stable Diffusion 1.5's scheduler config, with trailing timestep spacing (see the module text)
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+    set_alpha_to_one=False, clip_sample=False, skip_prk_steps=True, prediction_type="epsilon",
+    timestep_spacing="trailing",
+)
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    label: int | None = None  # the class that is the "prompt"; None: all three, a third of the samples each
+    guidance_scale: float = GUIDANCE.default
+    steps: int = int(STEPS.default)
+    scheduler: str = DEFAULT_SCHEDULER
+    samples: int = int(SAMPLES.default)
+    seed: int = int(SEED.default)
+
+
+def check_lab_settings(settings: LabSettings) -> None:
+    """Refuse, in words a student can act on, settings outside the lab's ranges."""
+
+    def whole(name: str, value, limits: Range) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+                limits.minimum <= value <= limits.maximum):
+            raise SdvizError(f"The {name} must be a whole number from {limits.minimum:g} to {limits.maximum:g} "
+                             f"(got {value!r}).")
+
+    if settings.label is not None and settings.label not in range(len(CLASSES)):
+        raise SdvizError(f"The class must be one of {', '.join(CLASSES)} or {ALL_CLASSES} (got {settings.label!r}).")
+    g = settings.guidance_scale
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not (
+            GUIDANCE.minimum <= g <= GUIDANCE.maximum):
+        raise SdvizError(f"The guidance scale must be a number from {GUIDANCE.minimum:g} to {GUIDANCE.maximum:g} "
+                         f"(got {g!r}).")
+    whole("number of steps", settings.steps, STEPS)
+    whole("number of samples", settings.samples, SAMPLES)
+    whole("seed", settings.seed, SEED)
+    if settings.scheduler not in SCHEDULERS:
+        raise SdvizError(f"Unknown scheduler {settings.scheduler!r}: choose one of {', '.join(SCHEDULERS)}.")
+
+
+def make_lab_scheduler(name: str):
+    """A fresh diffusers scheduler of the lab's schedule (see the module text)."""
+    if name not in SCHEDULERS:
+        raise SdvizError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
+    cls = SCHEDULERS[name]
+    accepted = inspect.signature(cls.__init__).parameters  # each class takes its own share of SD's config
+    return cls.from_config({k: v for k, v in SD_SCHEDULE.items() if k in accepted})
+
+
+# --- The data: a mixture of Gaussians, and its exact noise predictor ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mixture:
+    means: np.ndarray  # [K, 2]
+    covs: np.ndarray  # [K, 2, 2]
+    weights: np.ndarray  # [K], summing to 1
+
+    def sample(self, n: int, rng: np.random.Generator, label: int | None = None) -> np.ndarray:
+        """n clean points x0 from the whole mixture, or from one class."""
+        ks = rng.choice(len(self.weights), size=n, p=self.weights) if label is None else np.full(n, label)
+        noise = rng.standard_normal((n, 2))
+        return self.means[ks] + np.einsum("nij,nj->ni", np.linalg.cholesky(self.covs)[ks], noise)
+
+
+def three_gaussians(radius: float = 2.0, along: float = 0.7, across: float = 0.35) -> Mixture:
+    """Three equally likely classes around a circle (at 90, 210 and 330 degrees), each stretched along the circle
+    (std ``along``) and thin across it (std ``across``), so neighbouring classes overlap a little in their tails."""
+    angles = np.deg2rad([90.0, 210.0, 330.0])
+    radial = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    tangent = np.stack([-np.sin(angles), np.cos(angles)], axis=1)
+    covs = np.stack([along**2 * np.outer(t, t) + across**2 * np.outer(r, r) for r, t in zip(radial, tangent)])
+    return Mixture(means=radius * radial, covs=covs, weights=np.full(3, 1 / 3))
+
+
+MIXTURE = three_gaussians()
+
+
+@dataclass
+class ExactNoise:
+    """The exact noise predictions at one noise level, for every point."""
+
+    per_class: np.ndarray  # [N, K, 2]: E[eps | x_t, class k]
+    log_resp: np.ndarray  # [N, K]: log P(class k | x_t), the responsibilities
+    unconditional: np.ndarray  # [N, 2]: E[eps | x_t] under the whole mixture
+
+    def conditional(self, labels: np.ndarray) -> np.ndarray:
+        """E[eps | x_t, class]: each point's own class (labels [N])."""
+        return self.per_class[np.arange(len(labels)), labels]
+
+
+def exact_noise(mixture: Mixture, x_t: np.ndarray, alpha_bar: float) -> ExactNoise:
+    """E[eps | x_t] for x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, x0 from the mixture (float64, any ab in (0, 1))."""
+    x_t = np.asarray(x_t, dtype=np.float64)
+    a = float(alpha_bar)
+    cov = a * mixture.covs + (1 - a) * np.eye(2)  # [K, 2, 2]: x_t's covariance given the class
+    diff = x_t[:, None, :] - math.sqrt(a) * mixture.means[None]  # [N, K, 2]
+    solved = np.einsum("kij,nkj->nki", np.linalg.inv(cov), diff)  # C^-1 (x_t - sqrt(ab) mu)
+    _, logdet = np.linalg.slogdet(cov)
+    log_lik = -0.5 * np.einsum("nki,nki->nk", diff, solved) - 0.5 * logdet - math.log(2 * math.pi)
+    joint = np.log(mixture.weights)[None] + log_lik
+    peak = joint.max(axis=1, keepdims=True)  # log-sum-exp: far-out points have tiny likelihoods under every class
+    log_resp = joint - (peak + np.log(np.exp(joint - peak).sum(axis=1, keepdims=True)))
+    per_class = math.sqrt(1 - a) * solved
+    unconditional = np.einsum("nk,nki->ni", np.exp(log_resp), per_class)
+    return ExactNoise(per_class=per_class, log_resp=log_resp, unconditional=unconditional)
+
+
+def log_density(mixture: Mixture, points: np.ndarray, alpha_bar: float = 1.0, label: int | None = None) -> np.ndarray:
+    """log p(x_t) of the noised mixture (alpha_bar = 1: the data itself), or of one class."""
+    a = float(alpha_bar)
+    cov = a * mixture.covs + (1 - a) * np.eye(2)
+    diff = np.asarray(points, dtype=np.float64)[:, None, :] - math.sqrt(a) * mixture.means[None]
+    solved = np.einsum("kij,nkj->nki", np.linalg.inv(cov), diff)
+    log_lik = (-0.5 * np.einsum("nki,nki->nk", diff, solved) - 0.5 * np.linalg.slogdet(cov)[1]
+               - math.log(2 * math.pi))
+    if label is not None:
+        return log_lik[:, label]
+    joint = np.log(mixture.weights)[None] + log_lik
+    peak = joint.max(axis=1, keepdims=True)
+    return (peak + np.log(np.exp(joint - peak).sum(axis=1, keepdims=True)))[:, 0]
+
+
+# --- Sampling: the sampler's own loop over points ------------------------------------------------------------------
+
+
+@dataclass
+class Lab2DTrace:
+    """One run of the lab: every step's points."""
+
+    settings: LabSettings
+    scheduler: str
+    labels: np.ndarray  # [N]: each point's class (its "prompt")
+    timesteps: np.ndarray  # [S]
+    alpha_bars: np.ndarray  # [S]: the noise level of each step's input, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
+    points: np.ndarray  # [S + 1, N, 2]: each step's x_t (that mix, for every scheduler), then the final samples
+    pred_x0: np.ndarray  # [S, N, 2]: the clean points each step's guided estimate implies
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+
+def class_labels(samples: int, label: int | None) -> np.ndarray:
+    """Every point's class: all the chosen one, or the three in turn (a third each)."""
+    return np.arange(samples) % len(CLASSES) if label is None else np.full(samples, label)
+
+
+def exact_predictor(mixture: Mixture, scheduler, labels: np.ndarray, guidance_scale: float):
+    """The exact noise predictor for the loop: conditional (each point's class) and unconditional (the mixture),
+    combined by classifier-free guidance."""
+    labels_t = np.asarray(labels)
+
+    def predict(i: int, t, model_input: torch.Tensor) -> NoiseEstimate:
+        sigma = current_sigma(scheduler, t)  # the noise level this step's input really has (Euler: interpolated)
+        noise = exact_noise(mixture, model_input.numpy(), 1 / (1 + sigma**2))
+        text = torch.from_numpy(noise.conditional(labels_t))
+        uncond = torch.from_numpy(noise.unconditional)
+        return NoiseEstimate(guided=guide(uncond, text, guidance_scale), text=text, uncond=[uncond])
+
+    return predict
+
+
+def sample_2d(settings: LabSettings, mixture: Mixture = MIXTURE) -> Lab2DTrace:
+    """Run reverse diffusion on ``settings.samples`` points from pure noise, with the exact guided predictor, and
+    keep every step's points. The same seed gives the same starting noise at every guidance scale."""
+    check_lab_settings(settings)
+    started = time.perf_counter()
+    labels = class_labels(settings.samples, settings.label)
+    scheduler = make_lab_scheduler(settings.scheduler)
+    scheduler.set_timesteps(settings.steps)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    latents = randn_tensor((settings.samples, 2), generator=generator, dtype=torch.float64)
+    latents = latents * scheduler.init_noise_sigma
+    predict = exact_predictor(mixture, scheduler, labels, settings.guidance_scale)
+    points, pred_x0, timesteps, alpha_bars = [], [], [], []
+    for step in reverse_steps(scheduler, latents, scheduler.timesteps, predict,
+                              scheduler_step_kwargs(scheduler, generator)):
+        points.append((step.latents * step.input_scale).numpy())  # x_t as the predictor sees it
+        pred_x0.append(step.pred_x0.double().numpy())
+        timesteps.append(float(step.timestep))
+        alpha_bars.append(1 / (1 + step.sigma**2))
+        latents = step.next_latents
+    points.append(latents.double().numpy())  # the samples: the last step leaves (almost) no noise
+    return Lab2DTrace(settings=settings, scheduler=settings.scheduler, labels=labels, timesteps=np.array(timesteps),
+                      alpha_bars=np.array(alpha_bars), points=np.stack(points), pred_x0=np.stack(pred_x0),
+                      seconds=time.perf_counter() - started)
+
+
+# --- What the samples did: the numbers the paper's figure shows ------------------------------------------------
+
+
+@dataclass
+class ClassStats:
+    label: int
+    mean: np.ndarray  # [2]
+    cov: np.ndarray  # [2, 2]
+    spread: float  # sqrt of the mean variance: how concentrated the class's samples are
+    distance_to_others: float  # mean distance from each sample to the nearest other class's centre
+    radius: float  # mean distance from the centre of the plane (the classes' means sit at radius 2)
+    own_share: float  # share of the samples whose most likely class (under the data) is their own
+
+
+def class_stats(trace: Lab2DTrace, mixture: Mixture = MIXTURE, step: int | None = None) -> list[ClassStats]:
+    """Per class: where its samples ended (or are at ``step``), how spread out, how far from the other classes."""
+    points = trace.points[-1 if step is None else step]
+    owner = np.argmax(exact_noise(mixture, points, 1.0 - 1e-12).log_resp, axis=1)
+    stats = []
+    for k in np.unique(trace.labels):
+        own = points[trace.labels == k]
+        others = np.delete(mixture.means, k, axis=0)
+        nearest = np.min(np.linalg.norm(own[:, None, :] - others[None], axis=2), axis=1)
+        cov = np.cov(own.T)
+        stats.append(ClassStats(label=int(k), mean=own.mean(axis=0), cov=cov, spread=float(np.sqrt(np.trace(cov) / 2)),
+                                distance_to_others=float(nearest.mean()),
+                                radius=float(np.linalg.norm(own, axis=1).mean()),
+                                own_share=float(np.mean(owner[trace.labels == k] == k))))
+    return stats
+
+
+def compare_guidance(settings: LabSettings, scales=COMPARE_SCALES, mixture: Mixture = MIXTURE) -> list[Lab2DTrace]:
+    """The same starting noise at several guidance scales (the chosen one among them), in order."""
+    chosen = sorted({float(s) for s in scales} | {float(settings.guidance_scale)})
+    return [sample_2d(_with_scale(settings, g), mixture) for g in chosen]
+
+
+def _with_scale(settings: LabSettings, g: float) -> LabSettings:
+    from dataclasses import replace
+
+    return replace(settings, guidance_scale=g)
+
+
+# --- Pictures for a projector ---------------------------------------------------------------------------------
+
+FONT = 13
+MAX_PATHS = 300  # paths drawn (the first of each class in turn): more is only ink
+
+
+def view_limit(traces: list[Lab2DTrace]) -> float:
+    """Half the width of the square view: the data and nearly every sample, the same for every step of a run."""
+    extent = max(float(np.quantile(np.abs(t.points), 0.995)) for t in traces)
+    return float(np.clip(1.1 * extent, 4.0, 12.0))
+
+
+def _density_grid(limit: float, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    axis = np.linspace(-limit, limit, n)
+    gx, gy = np.meshgrid(axis, axis)
+    return gx, gy, np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def _draw_classes(ax, mixture: Mixture, limit: float, alpha_bar: float | None = None) -> None:
+    """The data: each class's density as coloured contours; under them (``alpha_bar``) the noisy data's density at
+    that step, in grey: where x_t's points would be without guidance."""
+    gx, gy, grid = _density_grid(limit)
+    if alpha_bar is not None:
+        noisy = np.exp(log_density(mixture, grid, alpha_bar)).reshape(gx.shape)
+        ax.contourf(gx, gy, noisy, levels=np.linspace(0, noisy.max(), 8)[1:], cmap="Greys", alpha=0.45)
+    for k, colour in enumerate(CLASS_COLOURS):
+        clean = np.exp(log_density(mixture, grid, 1.0, label=k)).reshape(gx.shape)
+        ax.contour(gx, gy, clean, levels=clean.max() * np.array([0.05, 0.3, 0.7]), colors=colour, linewidths=1.6)
+
+
+def _style(ax, limit: float, title: str) -> None:
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT - 3)
+
+
+def _path_rows(labels: np.ndarray) -> np.ndarray:
+    order = np.argsort(np.arange(len(labels)) // len(CLASSES), kind="stable")  # the classes in turn
+    return order[:MAX_PATHS]
+
+
+def step_title(trace: Lab2DTrace, step: int) -> str:
+    if step >= trace.steps:
+        return f"the samples after all {trace.steps} steps (g = {trace.settings.guidance_scale:g})"
+    ab = trace.alpha_bars[step]
+    return (f"step {step + 1} of {trace.steps}: t = {trace.timesteps[step]:.0f},  "
+            f"x_t = {math.sqrt(ab):.2f} x0 + {math.sqrt(1 - ab):.2f} noise")
+
+
+def lab_figure(trace: Lab2DTrace, step: int, mixture: Mixture = MIXTURE, limit: float | None = None) -> Figure:
+    """The points at ``step`` (0 .. S-1: that step's input x_t; S: the samples), coloured by their class, with
+    their paths so far (faint), the classes' densities (coloured contours) and the noisy data at that step (grey)."""
+    step = int(np.clip(step, 0, trace.steps))
+    limit = limit or view_limit([trace])
+    fig = Figure(figsize=(7.0, 6.2), layout="constrained")
+    ax = fig.subplots()
+    _draw_classes(ax, mixture, limit, trace.alpha_bars[step] if step < trace.steps else None)
+    rows = _path_rows(trace.labels)
+    if step > 0:
+        paths = np.transpose(trace.points[: step + 1, rows], (1, 0, 2))  # [P, step + 1, 2]
+        colours = [CLASS_COLOURS[k] for k in trace.labels[rows]]
+        ax.add_collection(LineCollection(paths, colors=colours, linewidths=0.8, alpha=0.25))
+    here = trace.points[step]
+    for k in np.unique(trace.labels):
+        mine = here[trace.labels == k]
+        ax.scatter(mine[:, 0], mine[:, 1], s=22, color=CLASS_COLOURS[k], edgecolors="white", linewidths=0.4,
+                   label=f"{CLASSES[k]} class", zorder=3)
+    ax.legend(loc="upper right", fontsize=FONT - 2, markerscale=1.6, framealpha=0.85)
+    _style(ax, limit, step_title(trace, step))
+    return fig
+
+
+def scale_title(g: float) -> str:
+    what = {0.0: "unconditional", 1.0: "conditional"}.get(float(g), "guided")
+    return f"g = {g:g} ({what})"
+
+
+def comparison_figure(traces: list[Lab2DTrace], mixture: Mixture = MIXTURE) -> Figure:
+    """The final samples side by side, one panel per guidance scale, all from the same starting noise."""
+    limit = view_limit(traces)
+    fig = Figure(figsize=(3.4 * len(traces), 3.9), layout="constrained")
+    axes = fig.subplots(1, len(traces), squeeze=False)[0]
+    for ax, trace in zip(axes, traces):
+        _draw_classes(ax, mixture, limit)
+        final = trace.points[-1]
+        for k in np.unique(trace.labels):
+            mine = final[trace.labels == k]
+            ax.scatter(mine[:, 0], mine[:, 1], s=9, color=CLASS_COLOURS[k], zorder=3)
+        _style(ax, limit, scale_title(trace.settings.guidance_scale))
+    fig.suptitle("the same starting noise at several guidance scales g", fontsize=FONT + 1)
+    return fig
+
+
+# --- In words, with the run's own numbers ------------------------------------------------------------------------
+
+
+def describe_step(trace: Lab2DTrace, step: int) -> str:
+    step = int(np.clip(step, 0, trace.steps))
+    if step >= trace.steps:
+        where = f"**The samples** after {trace.steps} steps ({trace.scheduler}, g = {trace.settings.guidance_scale:g})."
+    else:
+        ab = trace.alpha_bars[step]
+        where = (f"**Step {step + 1} of {trace.steps}** (t = {trace.timesteps[step]:.0f}): each point is "
+                 f"{math.sqrt(ab):.2f} x its clean value + {math.sqrt(1 - ab):.2f} x noise; the grey shows where such "
+                 f"noisy points of the data lie.")
+    stats = class_stats(trace, step=step)
+    parts = [f"{CLASSES[s.label]}: {s.own_share:.0%} closest to their own class, spread {s.spread:.2f}" for s in stats]
+    return f"{where} {'; '.join(parts)}. (Computed in {trace.seconds * 1000:.0f} ms.)"
+
+
+def describe_comparison(traces: list[Lab2DTrace]) -> str:
+    """How far the samples ended from the other classes, and how spread out, at each guidance scale."""
+    rows = ["| g | distance from the other classes' centres | spread | distance from the middle | "
+            "in their own class |", "|---|---|---|---|---|"]
+    for trace in traces:
+        stats = class_stats(trace)
+        mean = lambda field: float(np.mean([getattr(s, field) for s in stats]))  # noqa: E731
+        rows.append(f"| {scale_title(trace.settings.guidance_scale)} | {mean('distance_to_others'):.2f} | "
+                    f"{mean('spread'):.2f} | {mean('radius'):.2f} | {mean('own_share'):.0%} |")
+    return ("Averaged over the classes sampled (the data's centres sit 2 from the middle, 3.46 apart; each class "
+            "spreads 0.56):\n\n" + "\n".join(rows))
