@@ -2,7 +2,7 @@
 
     model choice
     tabs: Text to image | Image to image | Forward diffusion | Latent space | Text & attention | U-Net |
-          CFG experiments | Prompt A/B | Export
+          CFG experiments | 2-D diffusion lab | Prompt A/B | Export
     the peek-inside panel: every step of the latest run, live while it runs, scrubbable afterwards
 
 The handlers are plain functions: the playground's in :mod:`sdviz.app.playground` (bound to the page's
@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from sdviz.app import components, hosting, playground, teaching, texts
+from sdviz.app import components, hosting, lab2d, playground, teaching, texts
 from sdviz.app.components import PictureUpload, Slider, picture_input, picture_output
 from sdviz.app.playground import Page, bind
 from sdviz.app.services import load_for_app
 from sdviz.app.sessions import STATE_TTL_S, SessionRuns
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, unet_diagram
+from sdviz.lessons import diffusion_2d, experiments, unet_diagram
 from sdviz.pipeline.settings import RunSettings
 
 GENERATE_CONCURRENCY_ID = "generate"  # every event that runs a model part shares the generate slots
@@ -179,6 +179,7 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State) -> None:
     _attention_tab(model_choice, run_state)
     _unet_tab(model_choice)
     _cfg_tab(run_state)
+    _lab2d_tab()
     _ab_tab(run_state)
     _export_tab(run_state)
 
@@ -302,6 +303,62 @@ def _cfg_tab(run_state: gr.State) -> None:
     for trigger in (step.release, scale.release):
         trigger(teaching.cfg_what_if, [run_state, step, scale], [recorded, what_if, text, what_if_message],
                 trigger_mode="always_last", **MODEL_EVENTS)
+
+
+LAB_EVENTS = dict(api_visibility="private", concurrency_id="lab2d", concurrency_limit=4, show_progress="hidden")
+
+
+def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row]:
+    """The lab's controls, in the order its handlers take them (their ranges: sdviz.lessons.diffusion_2d). Class
+    and guidance first, beside the figure; steps, samples, scheduler and seed in a row below it."""
+    lab = diffusion_2d
+    g, steps, samples = lab.GUIDANCE, lab.STEPS, lab.SAMPLES
+    label = gr.Radio([lab.ALL_CLASSES, *lab.CLASSES], value=lab.ALL_CLASSES, label="class (the prompt)",
+                     elem_id="lab2d-class")
+    guidance = Slider(g.minimum, g.maximum, value=g.default, step=g.step, label="guidance scale g",
+                      info="0 = unconditional, 1 = conditional, more = guided", elem_id="lab2d-guidance")
+    with gr.Row(render=False) as below:
+        steps = Slider(steps.minimum, steps.maximum, value=steps.default, step=steps.step, label="steps",
+                       elem_id="lab2d-steps")
+        samples = Slider(samples.minimum, samples.maximum, value=samples.default, step=samples.step, label="samples",
+                         elem_id="lab2d-samples")
+        scheduler = gr.Dropdown(list(lab.SCHEDULER_NAMES), value=lab.DEFAULT_SCHEDULER, label="scheduler",
+                                elem_id="lab2d-scheduler")
+        seed = gr.Number(value=lab.SEED.default, precision=0, minimum=lab.SEED.minimum, maximum=lab.SEED.maximum,
+                         label="seed", elem_id="lab2d-seed")
+    return [label, guidance, steps, scheduler, samples, seed], below
+
+
+def _lab2d_tab() -> None:
+    with gr.Tab("2-D diffusion lab", id="lab2d") as tab:
+        gr.Markdown(texts.LAB2D_HEADLINE)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                controls, below = _lab2d_controls()
+                run = gr.Button("Sample", variant="primary", elem_id="lab2d-run")
+                step = gr.Slider(0, 1, value=1, step=1, label="steps done", interactive=False, elem_id="lab2d-step")
+                with gr.Row():
+                    play = gr.Button("▶ Play", elem_id="lab2d-play")
+                    pause = gr.Button("Pause", elem_id="lab2d-pause")
+                message = components.message("lab2d")
+            plot = gr.Plot(label="the points", show_label=False, format="png", elem_id="lab2d-plot", scale=2)
+        below.render()
+        text = gr.Markdown(elem_id="lab2d-text")
+        gr.Markdown(texts.EXPLAIN_LAB2D)
+        comparison = gr.Plot(label="guidance compared", show_label=False, format="png", elem_id="lab2d-comparison")
+        comparison_text = gr.Markdown(elem_id="lab2d-comparison-text")
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        timer = gr.Timer(lab2d.PLAY_SECONDS, active=False)
+    outputs = [state, step, plot, text, comparison, comparison_text, message]
+    tab.select(lab2d.lab_opened, [state, *controls], outputs, **LAB_EVENTS)
+    run.click(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    for control in controls:  # a run takes milliseconds: every change samples again
+        trigger = control.release if isinstance(control, gr.Slider) else control.change
+        trigger(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    step.release(lab2d.lab_step, [state, step], [plot, text, message], trigger_mode="always_last", **LAB_EVENTS)
+    play.click(lab2d.lab_play, [state, step], [timer, step, message], **CHEAP_EVENTS)
+    pause.click(lab2d.lab_pause, None, timer, **CHEAP_EVENTS)
+    timer.tick(lab2d.lab_tick, [state, step], [timer, step, plot, text], trigger_mode="always_last", **LAB_EVENTS)
 
 
 def _ab_tab(run_state: gr.State) -> None:

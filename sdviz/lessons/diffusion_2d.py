@@ -33,6 +33,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from sdviz.errors import SdvizError
 from sdviz.pipeline.sampler import NoiseEstimate, guide, reverse_steps, scheduler_step_kwargs
@@ -261,13 +263,15 @@ class ClassStats:
     spread: float  # sqrt of the mean variance: how concentrated the class's samples are
     distance_to_others: float  # mean distance from each sample to the nearest other class's centre
     radius: float  # mean distance from the centre of the plane (the classes' means sit at radius 2)
-    own_share: float  # share of the samples whose most likely class (under the data) is their own
+    own_share: float  # share of the samples most likely (at their noise level) to come from their own class
 
 
 def class_stats(trace: Lab2DTrace, mixture: Mixture = MIXTURE, step: int | None = None) -> list[ClassStats]:
     """Per class: where its samples ended (or are at ``step``), how spread out, how far from the other classes."""
-    points = trace.points[-1 if step is None else step]
-    owner = np.argmax(exact_noise(mixture, points, 1.0 - 1e-12).log_resp, axis=1)
+    step = trace.steps if step is None else step
+    points = trace.points[step]
+    alpha_bar = trace.alpha_bars[step] if step < trace.steps else 1.0 - 1e-12
+    owner = np.argmax(exact_noise(mixture, points, alpha_bar).log_resp, axis=1)
     stats = []
     for k in np.unique(trace.labels):
         own = points[trace.labels == k]
@@ -337,19 +341,20 @@ def _path_rows(labels: np.ndarray) -> np.ndarray:
 
 
 def step_title(trace: Lab2DTrace, step: int) -> str:
+    """``step`` counts the steps done: 0 is the pure noise the loop starts from, S the samples."""
     if step >= trace.steps:
         return f"the samples after all {trace.steps} steps (g = {trace.settings.guidance_scale:g})"
     ab = trace.alpha_bars[step]
-    return (f"step {step + 1} of {trace.steps}: t = {trace.timesteps[step]:.0f},  "
-            f"x_t = {math.sqrt(ab):.2f} x0 + {math.sqrt(1 - ab):.2f} noise")
+    done = "the start (pure noise)" if step == 0 else f"after {step} of {trace.steps} steps"
+    return f"{done}: t = {trace.timesteps[step]:.0f},  x_t = {math.sqrt(ab):.2f} x0 + {math.sqrt(1 - ab):.2f} noise"
 
 
 def lab_figure(trace: Lab2DTrace, step: int, mixture: Mixture = MIXTURE, limit: float | None = None) -> Figure:
-    """The points at ``step`` (0 .. S-1: that step's input x_t; S: the samples), coloured by their class, with
+    """The points after ``step`` steps (0: the starting noise; S: the samples), coloured by their class, with
     their paths so far (faint), the classes' densities (coloured contours) and the noisy data at that step (grey)."""
     step = int(np.clip(step, 0, trace.steps))
     limit = limit or view_limit([trace])
-    fig = Figure(figsize=(7.0, 6.2), layout="constrained")
+    fig = Figure(figsize=(7.2, 4.5), layout="constrained")  # fits beside the controls on a 1280 x 720 screen
     ax = fig.subplots()
     _draw_classes(ax, mixture, limit, trace.alpha_bars[step] if step < trace.steps else None)
     rows = _path_rows(trace.labels)
@@ -362,7 +367,13 @@ def lab_figure(trace: Lab2DTrace, step: int, mixture: Mixture = MIXTURE, limit: 
         mine = here[trace.labels == k]
         ax.scatter(mine[:, 0], mine[:, 1], s=22, color=CLASS_COLOURS[k], edgecolors="white", linewidths=0.4,
                    label=f"{CLASSES[k]} class", zorder=3)
-    ax.legend(loc="upper right", fontsize=FONT - 2, markerscale=1.6, framealpha=0.85)
+    extra = [Line2D([], [], color="grey", linewidth=1.6, label="the data (contours)"),
+             Line2D([], [], color="grey", linewidth=0.8, alpha=0.5, label="paths so far")][: 2 if step > 0 else 1]
+    if step < trace.steps:
+        extra.append(Patch(color="grey", alpha=0.45, label="the data, noised\nto this step"))
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=FONT - 1, markerscale=1.8,
+              frameon=False)
     _style(ax, limit, step_title(trace, step))
     return fig
 
@@ -375,15 +386,16 @@ def scale_title(g: float) -> str:
 def comparison_figure(traces: list[Lab2DTrace], mixture: Mixture = MIXTURE) -> Figure:
     """The final samples side by side, one panel per guidance scale, all from the same starting noise."""
     limit = view_limit(traces)
-    fig = Figure(figsize=(3.4 * len(traces), 3.9), layout="constrained")
+    fig = Figure(figsize=(2.7 * len(traces), 3.1), layout="constrained")
     axes = fig.subplots(1, len(traces), squeeze=False)[0]
     for ax, trace in zip(axes, traces):
         _draw_classes(ax, mixture, limit)
         final = trace.points[-1]
         for k in np.unique(trace.labels):
             mine = final[trace.labels == k]
-            ax.scatter(mine[:, 0], mine[:, 1], s=9, color=CLASS_COLOURS[k], zorder=3)
+            ax.scatter(mine[:, 0], mine[:, 1], s=8, color=CLASS_COLOURS[k], zorder=3)
         _style(ax, limit, scale_title(trace.settings.guidance_scale))
+        ax.tick_params(labelsize=FONT - 4)
     fig.suptitle("the same starting noise at several guidance scales g", fontsize=FONT + 1)
     return fig
 
@@ -392,17 +404,25 @@ def comparison_figure(traces: list[Lab2DTrace], mixture: Mixture = MIXTURE) -> F
 
 
 def describe_step(trace: Lab2DTrace, step: int) -> str:
+    """What the figure shows after ``step`` steps, in the run's own numbers."""
     step = int(np.clip(step, 0, trace.steps))
     if step >= trace.steps:
         where = f"**The samples** after {trace.steps} steps ({trace.scheduler}, g = {trace.settings.guidance_scale:g})."
     else:
         ab = trace.alpha_bars[step]
-        where = (f"**Step {step + 1} of {trace.steps}** (t = {trace.timesteps[step]:.0f}): each point is "
-                 f"{math.sqrt(ab):.2f} x its clean value + {math.sqrt(1 - ab):.2f} x noise; the grey shows where such "
-                 f"noisy points of the data lie.")
+        done = "**The start**" if step == 0 else f"**After {step} of {trace.steps} steps**"
+        where = (f"{done} (t = {trace.timesteps[step]:.0f}): each point is {math.sqrt(ab):.2f} x a clean point + "
+                 f"{math.sqrt(1 - ab):.2f} x noise; the grey shows where the data's points lie at this much noise.")
     stats = class_stats(trace, step=step)
-    parts = [f"{CLASSES[s.label]}: {s.own_share:.0%} closest to their own class, spread {s.spread:.2f}" for s in stats]
-    return f"{where} {'; '.join(parts)}. (Computed in {trace.seconds * 1000:.0f} ms.)"
+    own = ", ".join(f"{CLASSES[s.label]} {s.own_share:.0%}" for s in stats)
+    spread = ", ".join(f"{CLASSES[s.label]} {s.spread:.2f}" for s in stats)
+    return (f"{where} Points most likely to come from their own class: {own}. Spread: {spread} (each class of the "
+            f"data: {data_spread():.2f}). This run took {trace.seconds * 1000:.0f} ms.")
+
+
+def data_spread(mixture: Mixture = MIXTURE) -> float:
+    """The spread of each class of the data, as :class:`ClassStats` measures it (the same for all three here)."""
+    return float(np.mean([np.sqrt(np.trace(c) / 2) for c in mixture.covs]))
 
 
 def describe_comparison(traces: list[Lab2DTrace]) -> str:
@@ -414,5 +434,7 @@ def describe_comparison(traces: list[Lab2DTrace]) -> str:
         mean = lambda field: float(np.mean([getattr(s, field) for s in stats]))  # noqa: E731
         rows.append(f"| {scale_title(trace.settings.guidance_scale)} | {mean('distance_to_others'):.2f} | "
                     f"{mean('spread'):.2f} | {mean('radius'):.2f} | {mean('own_share'):.0%} |")
-    return ("Averaged over the classes sampled (the data's centres sit 2 from the middle, 3.46 apart; each class "
-            "spreads 0.56):\n\n" + "\n".join(rows))
+    radius = float(np.linalg.norm(MIXTURE.means, axis=1).mean())
+    apart = float(np.linalg.norm(MIXTURE.means[0] - MIXTURE.means[1]))
+    return (f"Averaged over the classes sampled; in the data, the classes' centres sit {radius:.0f} from the middle "
+            f"and {apart:.2f} apart, and each class spreads {data_spread():.2f}:\n\n" + "\n".join(rows))
