@@ -9,13 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from sdviz.errors import SdvizError
 from sdviz.lessons import diffusion_2d as lab
 from sdviz.lessons.diffusion_2d import MIXTURE, LabSettings
 from sdviz.pipeline.sampler import NoiseEstimate, reverse_steps, scheduler_step_kwargs
 from sdviz.pipeline.schedulers import current_sigma
-from diffusers.utils.torch_utils import randn_tensor
 
 ALPHAS_CUMPROD = lab.make_lab_scheduler("ddim").alphas_cumprod.double().numpy()
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from matplotlib.patches import Patch
 
 from sdviz.errors import SdvizError
 from sdviz.pipeline.sampler import NoiseEstimate, guide, reverse_steps, scheduler_step_kwargs
-from sdviz.pipeline.schedulers import SCHEDULERS, current_sigma, input_scale
+from sdviz.pipeline.schedulers import SCHEDULERS, current_sigma
 
 # --- The controls of the lab and their ranges (the page and any lesson link read them here) ---------------------
 
@@ -133,7 +133,7 @@ def three_gaussians(radius: float = 2.0, along: float = 0.7, across: float = 0.3
     angles = np.deg2rad([90.0, 210.0, 330.0])
     radial = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     tangent = np.stack([-np.sin(angles), np.cos(angles)], axis=1)
-    covs = np.stack([along**2 * np.outer(t, t) + across**2 * np.outer(r, r) for r, t in zip(radial, tangent)])
+    covs = np.stack([along**2 * np.outer(t, t) + across**2 * np.outer(r, r) for r, t in zip(radial, tangent, strict=True)])
     return Mixture(means=radius * radial, covs=covs, weights=np.full(3, 1 / 3))
 
 
@@ -153,36 +153,39 @@ class ExactNoise:
         return self.per_class[np.arange(len(labels)), labels]
 
 
+def _given_each_class(mixture: Mixture, x_t: np.ndarray, alpha_bar: float) -> tuple[np.ndarray, np.ndarray]:
+    """For every point and class k: C^-1 (x_t - sqrt(ab) mu_k) [N, K, 2] and log N(x_t; sqrt(ab) mu_k, C) [N, K],
+    where C = ab S_k + (1 - ab) I is x_t's covariance given the class."""
+    a = float(alpha_bar)
+    cov = a * mixture.covs + (1 - a) * np.eye(2)  # [K, 2, 2]
+    diff = np.asarray(x_t, dtype=np.float64)[:, None, :] - math.sqrt(a) * mixture.means[None]  # [N, K, 2]
+    solved = np.einsum("kij,nkj->nki", np.linalg.inv(cov), diff)
+    log_lik = -0.5 * np.einsum("nki,nki->nk", diff, solved) - 0.5 * np.linalg.slogdet(cov)[1] - math.log(2 * math.pi)
+    return solved, log_lik
+
+
+def _log_sum_exp(values: np.ndarray) -> np.ndarray:
+    """log(sum(exp(values))) over the last axis, kept: far-out points have tiny likelihoods under every class."""
+    peak = values.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(values - peak).sum(axis=-1, keepdims=True))
+
+
 def exact_noise(mixture: Mixture, x_t: np.ndarray, alpha_bar: float) -> ExactNoise:
     """E[eps | x_t] for x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, x0 from the mixture (float64, any ab in (0, 1))."""
-    x_t = np.asarray(x_t, dtype=np.float64)
-    a = float(alpha_bar)
-    cov = a * mixture.covs + (1 - a) * np.eye(2)  # [K, 2, 2]: x_t's covariance given the class
-    diff = x_t[:, None, :] - math.sqrt(a) * mixture.means[None]  # [N, K, 2]
-    solved = np.einsum("kij,nkj->nki", np.linalg.inv(cov), diff)  # C^-1 (x_t - sqrt(ab) mu)
-    _, logdet = np.linalg.slogdet(cov)
-    log_lik = -0.5 * np.einsum("nki,nki->nk", diff, solved) - 0.5 * logdet - math.log(2 * math.pi)
+    solved, log_lik = _given_each_class(mixture, x_t, alpha_bar)
     joint = np.log(mixture.weights)[None] + log_lik
-    peak = joint.max(axis=1, keepdims=True)  # log-sum-exp: far-out points have tiny likelihoods under every class
-    log_resp = joint - (peak + np.log(np.exp(joint - peak).sum(axis=1, keepdims=True)))
-    per_class = math.sqrt(1 - a) * solved
+    log_resp = joint - _log_sum_exp(joint)  # P(class k | x_t), by Bayes
+    per_class = math.sqrt(1 - float(alpha_bar)) * solved  # E[eps | x_t, k]: eps and x_t are jointly Gaussian
     unconditional = np.einsum("nk,nki->ni", np.exp(log_resp), per_class)
     return ExactNoise(per_class=per_class, log_resp=log_resp, unconditional=unconditional)
 
 
 def log_density(mixture: Mixture, points: np.ndarray, alpha_bar: float = 1.0, label: int | None = None) -> np.ndarray:
     """log p(x_t) of the noised mixture (alpha_bar = 1: the data itself), or of one class."""
-    a = float(alpha_bar)
-    cov = a * mixture.covs + (1 - a) * np.eye(2)
-    diff = np.asarray(points, dtype=np.float64)[:, None, :] - math.sqrt(a) * mixture.means[None]
-    solved = np.einsum("kij,nkj->nki", np.linalg.inv(cov), diff)
-    log_lik = (-0.5 * np.einsum("nki,nki->nk", diff, solved) - 0.5 * np.linalg.slogdet(cov)[1]
-               - math.log(2 * math.pi))
+    _, log_lik = _given_each_class(mixture, points, alpha_bar)
     if label is not None:
         return log_lik[:, label]
-    joint = np.log(mixture.weights)[None] + log_lik
-    peak = joint.max(axis=1, keepdims=True)
-    return (peak + np.log(np.exp(joint - peak).sum(axis=1, keepdims=True)))[:, 0]
+    return _log_sum_exp(np.log(mixture.weights)[None] + log_lik)[:, 0]
 
 
 # --- Sampling: the sampler's own loop over points ------------------------------------------------------------------
@@ -193,7 +196,6 @@ class Lab2DTrace:
     """One run of the lab: every step's points."""
 
     settings: LabSettings
-    scheduler: str
     labels: np.ndarray  # [N]: each point's class (its "prompt")
     timesteps: np.ndarray  # [S]
     alpha_bars: np.ndarray  # [S]: the noise level of each step's input, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
@@ -247,7 +249,7 @@ def sample_2d(settings: LabSettings, mixture: Mixture = MIXTURE) -> Lab2DTrace:
         alpha_bars.append(1 / (1 + step.sigma**2))
         latents = step.next_latents
     points.append(latents.double().numpy())  # the samples: the last step leaves (almost) no noise
-    return Lab2DTrace(settings=settings, scheduler=settings.scheduler, labels=labels, timesteps=np.array(timesteps),
+    return Lab2DTrace(settings=settings, labels=labels, timesteps=np.array(timesteps),
                       alpha_bars=np.array(alpha_bars), points=np.stack(points), pred_x0=np.stack(pred_x0),
                       seconds=time.perf_counter() - started)
 
@@ -288,13 +290,7 @@ def class_stats(trace: Lab2DTrace, mixture: Mixture = MIXTURE, step: int | None 
 def compare_guidance(settings: LabSettings, scales=COMPARE_SCALES, mixture: Mixture = MIXTURE) -> list[Lab2DTrace]:
     """The same starting noise at several guidance scales (the chosen one among them), in order."""
     chosen = sorted({float(s) for s in scales} | {float(settings.guidance_scale)})
-    return [sample_2d(_with_scale(settings, g), mixture) for g in chosen]
-
-
-def _with_scale(settings: LabSettings, g: float) -> LabSettings:
-    from dataclasses import replace
-
-    return replace(settings, guidance_scale=g)
+    return [sample_2d(replace(settings, guidance_scale=g), mixture) for g in chosen]
 
 
 # --- Pictures for a projector ---------------------------------------------------------------------------------
@@ -388,7 +384,7 @@ def comparison_figure(traces: list[Lab2DTrace], mixture: Mixture = MIXTURE) -> F
     limit = view_limit(traces)
     fig = Figure(figsize=(2.7 * len(traces), 3.1), layout="constrained")
     axes = fig.subplots(1, len(traces), squeeze=False)[0]
-    for ax, trace in zip(axes, traces):
+    for ax, trace in zip(axes, traces, strict=True):
         _draw_classes(ax, mixture, limit)
         final = trace.points[-1]
         for k in np.unique(trace.labels):
@@ -407,7 +403,7 @@ def describe_step(trace: Lab2DTrace, step: int) -> str:
     """What the figure shows after ``step`` steps, in the run's own numbers."""
     step = int(np.clip(step, 0, trace.steps))
     if step >= trace.steps:
-        where = f"**The samples** after {trace.steps} steps ({trace.scheduler}, g = {trace.settings.guidance_scale:g})."
+        where = f"**The samples** after {trace.steps} steps ({trace.settings.scheduler}, g = {trace.settings.guidance_scale:g})."
     else:
         ab = trace.alpha_bars[step]
         done = "**The start**" if step == 0 else f"**After {step} of {trace.steps} steps**"
@@ -431,9 +427,10 @@ def describe_comparison(traces: list[Lab2DTrace]) -> str:
             "in their own class |", "|---|---|---|---|---|"]
     for trace in traces:
         stats = class_stats(trace)
-        mean = lambda field: float(np.mean([getattr(s, field) for s in stats]))  # noqa: E731
-        rows.append(f"| {scale_title(trace.settings.guidance_scale)} | {mean('distance_to_others'):.2f} | "
-                    f"{mean('spread'):.2f} | {mean('radius'):.2f} | {mean('own_share'):.0%} |")
+        distance, spread, radius, own = (float(np.mean([getattr(s, field) for s in stats]))
+                                         for field in ("distance_to_others", "spread", "radius", "own_share"))
+        rows.append(f"| {scale_title(trace.settings.guidance_scale)} | {distance:.2f} | {spread:.2f} | {radius:.2f} | "
+                    f"{own:.0%} |")
     radius = float(np.linalg.norm(MIXTURE.means, axis=1).mean())
     apart = float(np.linalg.norm(MIXTURE.means[0] - MIXTURE.means[1]))
     return (f"Averaged over the classes sampled; in the data, the classes' centres sit {radius:.0f} from the middle "
