@@ -189,7 +189,7 @@ def test_the_lab_tab_samples_scrubs_and_plays():
 
     from sdviz.app import lab2d
 
-    out = lab2d.lab_run("blue", 4.0, 6, "euler", 200.0, 2.0)
+    out = lab2d.lab_run("three Gaussians", None, "blue", 4.0, 6, "euler", 200.0, 2.0)
     run, slider, figure, text, comparison, table, message = out
     assert isinstance(run, lab2d.LabRun) and message == ""
     assert run.trace.settings == LabSettings(label=1, guidance_scale=4.0, steps=6, scheduler="euler", samples=200,
@@ -206,13 +206,23 @@ def test_the_lab_tab_samples_scrubs_and_plays():
     assert step == 6 and "The samples" in text
     timer, *rest = lab2d.lab_tick(run, 6)  # at the end the play stops
     assert timer.active is False and all(isinstance(r, type(gr.skip())) for r in rest)
-    assert lab2d.lab_opened(run, "red", 1, 5, "ddim", 100, 0)[0] == gr.skip()  # no new run when there is one
+    assert lab2d.lab_opened(run, "three Gaussians", None, "red", 1, 5, "ddim", 100, 0)[0] == gr.skip()  # has a run
+
+
+GAUSSIANS = ("three Gaussians", None)
+EMPTY_CANVAS = {"background": None, "layers": [], "composite": np.full((300, 300, 3), 255, np.uint8)}
 
 
 @pytest.mark.parametrize("inputs, says", [
-    (("purple", 3, 30, "ddim", 500, 0), "Pick a class"), (("red", "lots", 30, "ddim", 500, 0), "must be a number"),
-    (("red", 3, 30, "ddim", 500, 2.5), "whole number"), (("red", 3, 30, "ddim", 20, 0), "number of samples"),
-    (("red", 3, 30, "magic", 500, 0), "Unknown scheduler"), (("red", 3, 30, "ddim", 500, None), "seed"),
+    ((*GAUSSIANS, "purple", 3, 30, "ddim", 500, 0), "Pick a class"),
+    ((*GAUSSIANS, "red", "lots", 30, "ddim", 500, 0), "must be a number"),
+    ((*GAUSSIANS, "red", 3, 30, "ddim", 500, 2.5), "whole number"),
+    ((*GAUSSIANS, "red", 3, 30, "ddim", 20, 0), "number of samples"),
+    ((*GAUSSIANS, "red", 3, 30, "magic", 500, 0), "Unknown scheduler"),
+    ((*GAUSSIANS, "red", 3, 30, "ddim", 500, None), "seed"),
+    (("my drawing", None, "red", 3, 30, "ddim", 500, 0), "Draw something first"),
+    (("my drawing", EMPTY_CANVAS, "red", 3, 30, "ddim", 500, 0), "Draw something first"),
+    (("a photo", None, "red", 3, 30, "ddim", 500, 0), "Pick the data"),
 ])
 def test_bad_lab_input_keeps_the_tab_and_says_why(inputs, says):
     import gradio as gr
@@ -223,3 +233,77 @@ def test_bad_lab_input_keeps_the_tab_and_says_why(inputs, says):
     assert all(o == gr.skip() for o in outputs) and says in message and message.startswith("⚠️")
     *outputs, message = lab2d.lab_step(None, 3)
     assert all(o == gr.skip() for o in outputs) and "Sample" in message
+
+
+# --- A student's drawing as the data ---------------------------------------------------------------------------
+
+
+def drawing(strokes) -> np.ndarray:
+    """A 300 x 300 white canvas with (class, PIL shape, box) strokes, as the page's Sketchpad hands it over (RGB)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (300, 300), "white")
+    pen = ImageDraw.Draw(canvas)
+    for label, shape, box in strokes:
+        colour = lab.CLASS_COLOURS[label]
+        if shape == "ring":
+            pen.ellipse(box, outline=colour, width=8)
+        else:
+            pen.line(box, fill=colour, width=8)
+    return np.array(canvas)
+
+
+RING_AND_BAR = [(0, "ring", (50, 50, 250, 250)), (2, "line", (150, 110, 150, 190))]  # red ring radius 2, green bar
+
+
+def test_a_drawing_becomes_a_mixture_of_small_gaussians_of_its_colours():
+    mixture = lab.drawn_mixture(drawing(RING_AND_BAR))
+    assert len(mixture.weights) == lab.MAX_DRAWN and mixture.present == [0, 2]
+    radius = np.linalg.norm(mixture.means, axis=1)
+    ring, bar = mixture.classes == 0, mixture.classes == 2
+    # the canvas spans -3 .. 3, so the 200-px ring (drawn 8 px wide, inwards) lies from radius 1.84 to 2
+    assert 1.8 < radius[ring].min() and radius[ring].max() < 2.02
+    assert np.abs(mixture.means[bar, 0]).max() < 0.15 and np.abs(mixture.means[bar, 1]).max() < 0.85
+    top_left = lab.drawn_mixture(drawing([(1, "line", (20, 20, 40, 20))]))
+    assert top_left.present == [1] and np.all(top_left.means[:, 0] < -2) and np.all(top_left.means[:, 1] > 2)
+
+
+def test_the_exact_noise_predictor_of_a_drawing_matches_monte_carlo():
+    mixture = lab.drawn_mixture(drawing(RING_AND_BAR))
+    alpha_bar = float(ALPHAS_CUMPROD[300])
+    rng = np.random.default_rng(5)
+    for label in (None, 0, 2):
+        clean = mixture.sample(2, rng, label)
+        points = math.sqrt(alpha_bar) * clean + math.sqrt(1 - alpha_bar) * rng.standard_normal(clean.shape)
+        exact = lab.exact_noise(mixture, points, alpha_bar)
+        for i, x_t in enumerate(points):
+            x0 = mixture.sample(200_000, np.random.default_rng(i), label)
+            eps = (x_t[None] - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
+            w = np.exp(-0.5 * (eps**2).sum(axis=1) - np.max(-0.5 * (eps**2).sum(axis=1)))
+            w /= w.sum()
+            estimate = (w[:, None] * eps).sum(axis=0)
+            stderr = np.sqrt((w[:, None] ** 2 * (eps - estimate) ** 2).sum(axis=0))
+            predicted = exact.unconditional[i] if label is None else exact.per_class[i, label]
+            assert np.all(np.abs(predicted - estimate) <= 5 * stderr + 2e-3), (label, predicted, estimate)
+    assert np.all(np.isneginf(lab.exact_noise(mixture, points, alpha_bar).log_resp[:, 1]))  # no blue strokes
+
+
+def test_sampling_a_drawing_draws_it_and_guidance_separates_its_colours():
+    mixture = lab.drawn_mixture(drawing(RING_AND_BAR))
+    trace = lab.sample_2d(LabSettings(guidance_scale=1.0, samples=600, steps=40), mixture)
+    assert set(trace.labels) == {0, 2}  # "all three": the colours drawn, half each
+    final, ring = trace.points[-1], trace.labels == 0
+    np.testing.assert_allclose(np.median(np.linalg.norm(final[ring], axis=1)), 1.92, atol=0.1)  # on the ring
+    assert np.abs(final[~ring, 0]).mean() < 0.25 and np.abs(final[~ring, 1]).max() < 1.5  # on the bar
+    with pytest.raises(SdvizError, match="no blue class"):
+        lab.sample_2d(LabSettings(label=1), mixture)
+
+
+def test_the_lab_tab_samples_a_drawing():
+    from sdviz.app import lab2d
+
+    canvas = {"background": None, "layers": [], "composite": drawing(RING_AND_BAR)}
+    run, *_, message = lab2d.lab_run("my drawing", canvas, "all three", 3.0, 10, "ddim", 200, 0)
+    assert message == "" and run.trace.mixture.present == [0, 2]
+    assert lab2d.drawing_changed("three Gaussians", canvas, "all three", 3.0, 10, "ddim", 200, 0)[0] == \
+        lab2d.lab_opened(run)[0]  # a stroke while the Gaussians are the data: nothing happens (gr.skip())

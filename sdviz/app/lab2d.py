@@ -29,6 +29,18 @@ class LabRun:
     comparison: list[lab.Lab2DTrace]
 
 
+def lab_data(data_choice, drawing) -> lab.Mixture:
+    """The data: the three Gaussians, or the drawing (the Sketchpad's value: its composite picture)."""
+    if data_choice == lab.DATA_CHOICES[0]:
+        return lab.MIXTURE
+    if data_choice != lab.DATA_CHOICES[1]:
+        raise SdvizError(f"Pick the data: {' or '.join(lab.DATA_CHOICES)}.")
+    picture = drawing.get("composite") if isinstance(drawing, dict) else drawing
+    if picture is None:
+        raise SdvizError("Draw something first: a few strokes in red, blue or green (each colour is a class).")
+    return lab.drawn_mixture(picture)
+
+
 def lab_settings(class_choice, guidance_scale, steps, scheduler, samples, seed) -> lab.LabSettings:
     """The controls' values as the lab's settings (Gradio hands numbers over as floats), checked."""
     if class_choice == lab.ALL_CLASSES:
@@ -72,22 +84,29 @@ def _frame(run: LabRun, step) -> tuple:
 
 
 @keep_results(6)
-def lab_run(class_choice, guidance_scale, steps, scheduler, samples, seed):
-    """Sample: the chosen settings, and the same starting noise at the comparison's guidance scales. Shows the
-    samples (the last step)."""
+def lab_run(data_choice, drawing, class_choice, guidance_scale, steps, scheduler, samples, seed):
+    """Sample: the chosen data and settings, and the same starting noise at the comparison's guidance scales.
+    Shows the samples (the last step)."""
     settings = lab_settings(class_choice, guidance_scale, steps, scheduler, samples, seed)
-    comparison = lab.compare_guidance(settings)
+    comparison = lab.compare_guidance(settings, mixture=lab_data(data_choice, drawing))
     trace = next(t for t in comparison if t.settings.guidance_scale == settings.guidance_scale)
     run = LabRun(trace, comparison)
     return (run, step_slider(trace, trace.steps), *_frame(run, trace.steps), lab.comparison_figure(comparison),
             lab.describe_comparison(comparison), "")
 
 
-def lab_opened(run, class_choice, guidance_scale, steps, scheduler, samples, seed):
+def lab_opened(run, *controls):
     """The tab opened: sample with the controls' values the first time, so the lab never shows an empty plot."""
     if isinstance(run, LabRun):
         return tuple([gr.skip()] * 7)
-    return lab_run(class_choice, guidance_scale, steps, scheduler, samples, seed)
+    return lab_run(*controls)
+
+
+def drawing_changed(data_choice, *controls):
+    """A stroke drawn: sample again when the drawing is the data (else the drawing waits, and nothing changes)."""
+    if data_choice != lab.DATA_CHOICES[1]:
+        return tuple([gr.skip()] * 7)
+    return lab_run(data_choice, *controls)
 
 
 @keep_results(2)

@@ -308,9 +308,10 @@ def _cfg_tab(run_state: gr.State) -> None:
 LAB_EVENTS = dict(api_visibility="private", concurrency_id="lab2d", concurrency_limit=4, show_progress="hidden")
 
 
-def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row]:
+def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row, gr.Accordion]:
     """The lab's controls, in the order its handlers take them (their ranges: sdviz.lessons.diffusion_2d). Class
-    and guidance first, beside the figure; steps, samples, scheduler and seed in a row below it."""
+    and guidance beside the figure; steps, samples, scheduler, seed and the data in a row below it; the drawing
+    below that (both made here, placed later)."""
     lab = diffusion_2d
     g, steps, samples = lab.GUIDANCE, lab.STEPS, lab.SAMPLES
     label = gr.Radio([lab.ALL_CLASSES, *lab.CLASSES], value=lab.ALL_CLASSES, label="class (the prompt)",
@@ -326,7 +327,13 @@ def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row]:
                                 elem_id="lab2d-scheduler")
         seed = gr.Number(value=lab.SEED.default, precision=0, minimum=lab.SEED.minimum, maximum=lab.SEED.maximum,
                          label="seed", elem_id="lab2d-seed")
-    return [label, guidance, steps, scheduler, samples, seed], below
+        data = gr.Radio(list(lab.DATA_CHOICES), value=lab.DATA_CHOICES[0], label="data", elem_id="lab2d-data")
+    with gr.Accordion(texts.LAB2D_DRAW_TITLE, open=False, render=False, elem_id="lab2d-drawing") as drawing_box:
+        gr.Markdown(texts.LAB2D_DRAW)
+        drawing = gr.Sketchpad(type="numpy", image_mode="RGB", canvas_size=(300, 300), height=380, layers=False,
+                               brush=gr.Brush(colors=list(lab.CLASS_COLOURS), color_mode="fixed", default_size=6),
+                               label="your data", elem_id="lab2d-sketch")
+    return [data, drawing, label, guidance, steps, scheduler, samples, seed], below, drawing_box
 
 
 def _lab2d_tab() -> None:
@@ -334,7 +341,7 @@ def _lab2d_tab() -> None:
         gr.Markdown(texts.LAB2D_HEADLINE)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                controls, below = _lab2d_controls()
+                controls, below, drawing_box = _lab2d_controls()
                 run = gr.Button("Sample", variant="primary", elem_id="lab2d-run")
                 step = gr.Slider(0, 1, value=1, step=1, label="steps done", interactive=False, elem_id="lab2d-step")
                 with gr.Row():
@@ -343,6 +350,7 @@ def _lab2d_tab() -> None:
                 message = components.message("lab2d")
             plot = gr.Plot(label="the points", show_label=False, format="png", elem_id="lab2d-plot", scale=2)
         below.render()
+        drawing_box.render()
         text = gr.Markdown(elem_id="lab2d-text")
         gr.Markdown(texts.EXPLAIN_LAB2D)
         comparison = gr.Plot(label="guidance compared", show_label=False, format="png", elem_id="lab2d-comparison")
@@ -350,11 +358,13 @@ def _lab2d_tab() -> None:
         state = gr.State(None, time_to_live=STATE_TTL_S)
         timer = gr.Timer(lab2d.PLAY_SECONDS, active=False)
     outputs = [state, step, plot, text, comparison, comparison_text, message]
+    data, drawing, *settings = controls
     tab.select(lab2d.lab_opened, [state, *controls], outputs, **LAB_EVENTS)
     run.click(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
-    for control in controls:  # a run takes milliseconds: every change samples again
+    for control in (data, *settings):  # a run takes milliseconds: every change samples again
         trigger = control.release if isinstance(control, gr.Slider) else control.change
         trigger(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    drawing.change(lab2d.drawing_changed, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
     step.release(lab2d.lab_step, [state, step], [plot, text, message], trigger_mode="always_last", **LAB_EVENTS)
     play.click(lab2d.lab_play, [state, step], [timer, step, message], **CHEAP_EVENTS)
     pause.click(lab2d.lab_pause, None, timer, **CHEAP_EVENTS)
