@@ -1,6 +1,7 @@
 """The 2-D diffusion lab in a real browser (Playwright driving Debian's Chromium), at a projector's 1280x720 and at
 1400x900: opening the tab samples at once; the figure, the step slider and Play are on the first screen; more guidance
-moves the samples (the text's numbers change); one class; scrub to the noise; Play runs to the samples.
+moves the samples (the text's numbers change); one class; scrub to the noise; Play runs to the samples; a stroke
+drawn with the mouse becomes the data.
 
 Screenshots land in pytest's tmp dir (copied to $SDVIZ_SHOTS when that is set). Without /usr/bin/chromium the test
 skips with a message.
@@ -71,6 +72,28 @@ def test_a_teacher_plays_the_2d_lab_and_turns_up_guidance(browser_app_url, brows
     expect(text).to_contain_text("The samples after 8 steps")  # ... and it stops at the samples
     expect(page.locator("#lab2d-step input[type=number]")).to_have_value("8")
     page.screenshot(path=tmp_path / "lab2d-1400-full.png", full_page=True)
+
+    # A drawing as the data: open the drawing, draw a stroke in red (the brush's first colour), pick my drawing.
+    page.locator("#lab2d-drawing").get_by_text("Draw your own data").click()
+    canvas = page.locator("#lab2d-sketch canvas").first
+    expect(canvas).to_be_visible()
+    page.locator("#lab2d-sketch").scroll_into_view_if_needed()
+    page.locator("#lab2d-sketch").locator("[aria-label*='rush' i], [title*='rush' i]").first.click()  # the brush
+    shot(page, tmp_path / "lab2d-1400-brush.png")
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the drawing area sits in the middle
+    page.mouse.move(x - 80, y - 60)
+    page.mouse.down()
+    for i in range(1, 33):
+        page.mouse.move(x - 80 + 5 * i, y - 60 + 2 * i, steps=2)
+    page.mouse.up()
+    shot(page, tmp_path / "lab2d-1400-drawn.png")
+    page.locator("#lab2d-data").get_by_label("my drawing", exact=True).check()
+    expect(text).to_contain_text("Points most likely to come from their own class: red")
+    expect(page.locator("#lab2d-message")).to_have_text("")
+    shot(page, tmp_path / "lab2d-1400-drawing.png")
+    page.locator("#lab2d-plot").scroll_into_view_if_needed()
+    shot(page, tmp_path / "lab2d-1400-drawing-samples.png")
     assert errors == [], errors
     assert not page.get_by_test_id("toast-body").count()
     print(f"screenshots: {tmp_path}")

@@ -52,13 +52,14 @@ LAB2D_HEADLINE = ("**Reverse diffusion on points in the plane**, where the whole
                   "**▶ Play** and watch noise become samples of the three classes; then raise the guidance **g**.")
 
 LAB2D_DRAW_TITLE = "Draw your own data (then pick data: my drawing)"
-LAB2D_DRAW = ("Draw strokes in **red, blue and green**: each colour is a class. Every stroke pixel becomes a small "
+LAB2D_DRAW = ("Pick the brush (the pen on the left of the canvas) and draw strokes in **red, blue and green**: each "
+              "colour is a class. Every stroke pixel becomes a small "
               "Gaussian (200 at most), so the data is still a mixture of Gaussians and the noise predictor stays "
               "exact. The canvas is the plane from -3 to 3; each stroke samples again.")
 
 EXPLAIN_LAB2D = """**What you see.** A picture has thousands of numbers; here each sample is a point with two, so the
 whole distribution fits on screen. The data is three Gaussian classes (the **coloured contours**), as in the CFG
-paper's Figure 2 (Ho & Salimans 2022), and the class plays the part of the prompt: each **dot** is coloured by the class
+paper's Figure 2 (Ho & Salimans 2022), or your drawing, and the class plays the part of the prompt: each **dot** is coloured by the class
 it was asked for, the **faint lines** are the paths the dots took, and the **grey** shows where the data's points lie
 at the current step's noise level. The noise predictor is exact (a mixture of Gaussians needs no training), with and
 without the class, and the loop is Stable Diffusion's own: its schedulers, its CFG formula *uncond + g (cond -
