@@ -88,10 +88,12 @@ def test_a_teacher_plays_the_2d_lab_and_turns_up_guidance(browser_app_url, brows
         page.mouse.move(x - 80 + 5 * i, y - 60 + 2 * i, steps=2)
     page.mouse.up()
     shot(page, tmp_path / "lab2d-1400-drawn.png")
+    gaussians = plot.get_attribute("src")
     page.locator("#lab2d-data").get_by_label("my drawing", exact=True).check()
     expect(text).to_contain_text("Points most likely to come from their own class: red")
     expect(page.locator("#lab2d-message")).to_have_text("")
     shot(page, tmp_path / "lab2d-1400-drawing.png")
+    expect(plot).not_to_have_attribute("src", gaussians)  # the figure shows the drawing's samples
     page.locator("#lab2d-plot").scroll_into_view_if_needed()
     shot(page, tmp_path / "lab2d-1400-drawing-samples.png")
     assert errors == [], errors
