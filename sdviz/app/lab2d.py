@@ -37,7 +37,7 @@ def lab_data(data_choice, drawing) -> lab.Mixture:
         raise SdvizError(f"Pick the data: {' or '.join(lab.DATA_CHOICES)}.")
     picture = drawing.get("composite") if isinstance(drawing, dict) else drawing
     if picture is None:
-        raise SdvizError("Draw something first: a few strokes in red, blue or green (each colour is a class).")
+        raise SdvizError(lab.NOTHING_DRAWN)
     return lab.drawn_mixture(picture)
 
 

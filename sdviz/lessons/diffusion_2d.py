@@ -11,13 +11,14 @@ Gaussian, so the best guess of the noise is
     E[eps | x_t] = sqrt(1 - ab) C^-1 (x_t - sqrt(ab) mu),      C = ab S + (1 - ab) I.
 
 For a mixture, each component's guess is weighted by how likely x_t came from it (its responsibility, by
-log-sum-exp). The conditional predictor ("with the prompt") uses only the chosen class's component; the
-unconditional one ("no prompt") the whole mixture. So classifier-free guidance is exact too: it goes through
+log-sum-exp). The conditional predictor ("with the prompt") uses only the chosen class's components; the
+unconditional one ("no prompt") the whole mixture. A student's drawing is data too: each stroke pixel a small
+Gaussian of the class of its colour (:func:`drawn_mixture`), so its predictor is just as exact. So classifier-free guidance is exact too: it goes through
 :func:`sdviz.pipeline.sampler.guide`, and the loop is the sampler's own :func:`~sdviz.pipeline.sampler.reverse_steps`
 with diffusers' schedulers, as for Stable Diffusion.
 
 The schedule is Stable Diffusion 1.5's (scaled-linear betas 0.00085 to 0.012, 1000 training steps) with one change:
-every scheduler's steps end at t = 999 ("trailing" spacing), so the first step always sees almost pure noise,
+every scheduler's steps start at t = 999 ("trailing" spacing), so the first step always sees almost pure noise,
 however few steps are asked for (SD's "leading" spacing starts 5 steps at t = 801, where the data still shows).
 """
 
@@ -170,6 +171,7 @@ MIXTURE = three_gaussians()
 DRAWN_STD = 0.15  # each drawn pixel becomes a small round Gaussian this wide (the plane shown is 6 wide)
 MAX_DRAWN = 200  # components at most: a drawing's pixels are thinned to this many
 DRAWING_HALF_WIDTH = 3.0
+NOTHING_DRAWN = "Draw something first: a few strokes in red, blue or green (each colour is a class)."
 
 
 def drawn_mixture(picture: np.ndarray, seed: int = 0) -> Mixture:
@@ -185,7 +187,7 @@ def drawn_mixture(picture: np.ndarray, seed: int = 0) -> Mixture:
     ink = (alpha > 128) & (distance.min(axis=-1) < 120)  # a brush colour, not the canvas or a blend into it
     rows, cols = np.nonzero(ink)
     if len(rows) == 0:
-        raise SdvizError("Draw something first: a few strokes in red, blue or green (each colour is a class).")
+        raise SdvizError(NOTHING_DRAWN)
     if len(rows) > MAX_DRAWN:
         keep = np.random.default_rng(seed).choice(len(rows), size=MAX_DRAWN, replace=False)
         rows, cols = rows[keep], cols[keep]
