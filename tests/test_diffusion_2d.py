@@ -191,10 +191,10 @@ def test_the_lab_tab_samples_scrubs_and_plays():
 
     out = lab2d.lab_run("three Gaussians", None, "blue", 4.0, 6, "euler", 200.0, 2.0)
     run, slider, figure, text, comparison, table, message = out
-    assert isinstance(run, lab2d.LabRun) and message == ""
-    assert run.trace.settings == LabSettings(label=1, guidance_scale=4.0, steps=6, scheduler="euler", samples=200,
+    assert isinstance(run, lab.Lab2DTrace) and message == ""
+    assert run.settings == LabSettings(label=1, guidance_scale=4.0, steps=6, scheduler="euler", samples=200,
                                              seed=2)
-    assert [t.settings.guidance_scale for t in run.comparison] == [0.0, 1.0, 3.0, 4.0, 10.0]
+    assert [ax.get_title() for ax in comparison.axes] == [lab.scale_title(g) for g in (0, 1, 3, 4, 10)]
     assert slider.maximum == 6 and slider.value == 6
     assert isinstance(figure, Figure) and isinstance(comparison, Figure)
     assert "The samples" in text and "blue" in text and "| g = 4 (guided) |" in table
@@ -304,6 +304,6 @@ def test_the_lab_tab_samples_a_drawing():
 
     canvas = {"background": None, "layers": [], "composite": drawing(RING_AND_BAR)}
     run, *_, message = lab2d.lab_run("my drawing", canvas, "all three", 3.0, 10, "ddim", 200, 0)
-    assert message == "" and run.trace.mixture.present == [0, 2]
+    assert message == "" and run.mixture.present == [0, 2]
     assert lab2d.drawing_changed("three Gaussians", canvas, "all three", 3.0, 10, "ddim", 200, 0)[0] == \
         lab2d.lab_opened(run)[0]  # a stroke while the Gaussians are the data: nothing happens (gr.skip())

@@ -9,7 +9,6 @@ tabs' handlers, a student's mistake leaves the tab as it was and says why next t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import gradio as gr
 
@@ -19,14 +18,6 @@ from sdviz.lessons import diffusion_2d as lab
 
 PLAY_SECONDS = 0.5  # one step per tick while the lab plays
 PRESS_RUN = "Press **Sample** first."
-
-
-@dataclass
-class LabRun:
-    """A session's latest lab run: the chosen guidance scale's trace, and the comparison runs (it among them)."""
-
-    trace: lab.Lab2DTrace
-    comparison: list[lab.Lab2DTrace]
 
 
 def lab_data(data_choice, drawing) -> lab.Mixture:
@@ -78,26 +69,25 @@ def step_slider(trace: lab.Lab2DTrace, value: int) -> gr.Slider:
                      label=f"steps done (0 = pure noise, {trace.steps} = the samples)")
 
 
-def _frame(run: LabRun, step) -> tuple:
-    step = min(max(int(step), 0), run.trace.steps)
-    return lab.lab_figure(run.trace, step), lab.describe_step(run.trace, step)
+def _frame(run: lab.Lab2DTrace, step) -> tuple:
+    step = min(max(int(step), 0), run.steps)
+    return lab.lab_figure(run, step), lab.describe_step(run, step)
 
 
 @keep_results(6)
 def lab_run(data_choice, drawing, class_choice, guidance_scale, steps, scheduler, samples, seed):
     """Sample: the chosen data and settings, and the same starting noise at the comparison's guidance scales.
-    Shows the samples (the last step)."""
+    Shows the samples (the last step). The session keeps only the chosen run (the comparison is drawn once)."""
     settings = lab_settings(class_choice, guidance_scale, steps, scheduler, samples, seed)
     comparison = lab.compare_guidance(settings, mixture=lab_data(data_choice, drawing))
     trace = next(t for t in comparison if t.settings.guidance_scale == settings.guidance_scale)
-    run = LabRun(trace, comparison)
-    return (run, step_slider(trace, trace.steps), *_frame(run, trace.steps), lab.comparison_figure(comparison),
+    return (trace, step_slider(trace, trace.steps), *_frame(trace, trace.steps), lab.comparison_figure(comparison),
             lab.describe_comparison(comparison), "")
 
 
 def lab_opened(run, *controls):
     """The tab opened: sample with the controls' values the first time, so the lab never shows an empty plot."""
-    if isinstance(run, LabRun):
+    if isinstance(run, lab.Lab2DTrace):
         return tuple([gr.skip()] * 7)
     return lab_run(*controls)
 
@@ -111,16 +101,16 @@ def drawing_changed(data_choice, *controls):
 
 @keep_results(2)
 def lab_step(run, step):
-    if not isinstance(run, LabRun):
+    if not isinstance(run, lab.Lab2DTrace):
         raise SdvizError(PRESS_RUN)
     return (*_frame(run, step), "")
 
 
 def lab_play(run, step):
     """Play from the step shown (from the pure noise when at the samples)."""
-    if not isinstance(run, LabRun):
+    if not isinstance(run, lab.Lab2DTrace):
         return gr.Timer(active=False), gr.skip(), warning(PRESS_RUN)
-    start = 0 if int(step) >= run.trace.steps else int(step)
+    start = 0 if int(step) >= run.steps else int(step)
     return gr.Timer(active=True), start, ""
 
 
@@ -130,7 +120,7 @@ def lab_pause():
 
 def lab_tick(run, step):
     """One tick of the play: the next step, or stop at the samples."""
-    if not isinstance(run, LabRun) or int(step) >= run.trace.steps:
+    if not isinstance(run, lab.Lab2DTrace) or int(step) >= run.steps:
         return gr.Timer(active=False), *[gr.skip()] * 3
     nxt = int(step) + 1
     return gr.skip(), nxt, *_frame(run, nxt)
