@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 from PIL import Image
 
-from sdviz.app import components, playground, services
+from sdviz.app import components, playground
 from sdviz.app.components import EXAMPLES_DIR
 from sdviz.app.hosting import allowed_models
 from sdviz.app.layout import build_demo

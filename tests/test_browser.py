@@ -150,10 +150,10 @@ def test_two_students_at_once_each_see_their_own_run(browser_app_url, chromium, 
 
     import httpx
     import numpy as np
+    from conftest import CHROMIUM_ARGS
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
-    from conftest import CHROMIUM_ARGS
     from sdviz.pipeline.sampler import generate
     from sdviz.pipeline.settings import RunSettings
 

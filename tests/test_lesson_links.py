@@ -236,3 +236,13 @@ def test_copy_link_runs_and_shows_the_step_only_when_the_last_run_is_the_one_it_
     data[ln.controls.component("seed", "txt2img")] = 9  # the controls no longer describe the last run
     copied = lesson_links.copy_link(ln, data, request({}))[ln.query]
     assert "seed=9" in copied and "run=" not in copied and "step=" not in copied
+
+
+def test_a_link_that_opens_the_2d_lab_samples_with_the_links_settings_and_no_other_tab_does():
+    from sdviz.app import lab2d
+
+    controls = ("three Gaussians", None, "blue", 7.0, 10, "ddim", 200, 3)
+    trace = lab2d.lab_linked("lab2d", None, *controls)[0]
+    assert (trace.settings.label, trace.settings.guidance_scale, trace.settings.steps, trace.settings.samples,
+            trace.settings.seed) == (1, 7.0, 10, 200, 3)
+    assert all(out == gr.skip() for out in lab2d.lab_linked("txt2img", None, *controls))

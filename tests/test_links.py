@@ -22,7 +22,8 @@ EVERY_KEY = {"tab": "img2img", "model": "/models/tiny", "prompt": "a small blue 
              "forward_picture": "last", "forward_t": 999, "forward_seed": 0, "latent_picture": "last",
              "attention_prompt": "a red circle", "attention_special": False, "cfg_scales": "1, 2.5, 7.5",
              "cfg_step": 4, "cfg_g": 12.5, "variants_g": 4.5, "variants_rescale": 1.0, "variants_from": 0.25,
-             "variants_until": 0.6, "ab_prompt": "", "station": 8}
+             "variants_until": 0.6, "lab_class": "blue", "lab_g": 7.25, "lab_steps": 100, "lab_scheduler": "euler",
+             "lab_samples": 750.0, "lab_seed": 12, "ab_prompt": "", "station": 8}
 
 
 def round_trip(values: dict) -> links.Parsed:

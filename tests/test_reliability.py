@@ -34,8 +34,8 @@ from sdviz.app import hosting, layout, playground, services
 from sdviz.app.sessions import DONE, RUNNING, STOPPED, SessionRuns
 from sdviz.errors import SdvizError
 from sdviz.lessons import peek
-from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
 from sdviz.pipeline import batching
+from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
 from sdviz.pipeline.sampler import denoise, denoise_batch
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.trace import StepRecord, Trace

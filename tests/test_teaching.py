@@ -13,7 +13,8 @@ import pytest
 from sdviz.app import layout, texts
 from sdviz.app import teaching as ui
 
-TABS = ["Forward diffusion", "Latent space", "Text & attention", "U-Net", "CFG experiments", "Prompt A/B", "Export"]
+TABS = ["Forward diffusion", "Latent space", "Text & attention", "U-Net", "CFG experiments", "2-D diffusion lab", "Prompt A/B",
+        "Export"]
 
 
 def test_the_tabs_build_with_private_events(tiny_model_name):

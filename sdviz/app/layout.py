@@ -2,7 +2,7 @@
 
     model choice, Copy link to this view (lesson links: sdviz.app.lesson_links)
     tabs: Text to image | Image to image | Forward diffusion | Latent space | Text & attention | U-Net |
-          CFG experiments | Prompt A/B | Export | Guided lesson
+          CFG experiments | 2-D diffusion lab | Prompt A/B | Export | Guided lesson
     the peek-inside panel: every step of the latest run, live while it runs, scrubbable afterwards
 
 The handlers are plain functions: the playground's in :mod:`sdviz.app.playground` (bound to the page's
@@ -18,14 +18,14 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from sdviz.app import components, hosting, lesson_links, playground, teaching, texts
+from sdviz.app import components, hosting, lab2d, lesson_links, playground, teaching, texts
 from sdviz.app.components import PictureUpload, Slider, picture_input, picture_output
 from sdviz.app.lesson_links import LinkControls, Links
 from sdviz.app.playground import Page, bind
 from sdviz.app.services import load_for_app
 from sdviz.app.sessions import STATE_TTL_S, SessionRuns
 from sdviz.errors import SdvizError
-from sdviz.lessons import experiments, guidance_variants, unet_diagram
+from sdviz.lessons import diffusion_2d, experiments, guidance_variants, unet_diagram
 from sdviz.pipeline.settings import RunSettings
 
 GENERATE_CONCURRENCY_ID = "generate"  # the generate events of both tabs: their runs are batched (services.RunStream)
@@ -231,6 +231,8 @@ def _wire_links(ln: Links, copy: gr.Button, init_image: gr.Image) -> None:
                   lesson.open.click(bind(lesson_links.open_station, ln), [lesson.station, page.model_state],
                                     ln.outputs(), **quiet)):
         event.then(fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)  # the address bar; run=1 runs
+        for handler, inputs, outputs in ln.controls.on_open:  # e.g. the 2-D lab samples with the link's settings
+            event.then(handler, [ln.tab_state, *inputs], outputs, **LAB_EVENTS)
     for button, handler in ((lesson.back, lesson_links.station_back), (lesson.next, lesson_links.station_next)):
         button.click(bind(handler, ln), [lesson.station], [*lesson.outputs(), ln.query], **CHEAP_EVENTS).then(
             fn=None, inputs=[ln.query], js=texts.SET_URL_JS, queue=False)
@@ -254,6 +256,7 @@ def teaching_tabs(model_choice: gr.Dropdown, run_state: gr.State, links: LinkCon
     _attention_tab(model_choice, run_state, links)
     _unet_tab(model_choice)
     cfg_info = _cfg_tab(run_state, links)
+    _lab2d_tab(links)
     _ab_tab(run_state, links)
     _export_tab(run_state)
     return cfg_info
@@ -434,6 +437,76 @@ def _variants_section(run_state: gr.State) -> dict[str, gr.Slider]:
 def _variant_slider(elem_id: str) -> gr.Slider:
     label, low, high, step, value = VARIANT_SLIDERS[elem_id]
     return Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
+
+
+LAB_LINK_KEYS = ("lab_class", "lab_g", "lab_steps", "lab_scheduler", "lab_samples", "lab_seed")  # links.KEYS names
+LAB_EVENTS = dict(api_visibility="private", concurrency_id="lab2d", concurrency_limit=4, show_progress="hidden")
+
+
+def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row, gr.Accordion]:
+    """The lab's controls, in the order its handlers take them (their ranges: sdviz.lessons.diffusion_2d). Class
+    and guidance beside the figure; steps, samples, scheduler, seed and the data in a row below it; the drawing
+    below that (both made here, placed later)."""
+    lab = diffusion_2d
+    g, steps, samples = lab.GUIDANCE, lab.STEPS, lab.SAMPLES
+    label = gr.Radio([lab.ALL_CLASSES, *lab.CLASSES], value=lab.ALL_CLASSES, label="class (the prompt)",
+                     elem_id="lab2d-class")
+    guidance = Slider(g.minimum, g.maximum, value=g.default, step=g.step, label="guidance scale g",
+                      info="0 = unconditional, 1 = conditional, more = guided", elem_id="lab2d-guidance")
+    with gr.Row(render=False) as below:
+        steps = Slider(steps.minimum, steps.maximum, value=steps.default, step=steps.step, label="steps",
+                       elem_id="lab2d-steps")
+        samples = Slider(samples.minimum, samples.maximum, value=samples.default, step=samples.step, label="samples",
+                         elem_id="lab2d-samples")
+        scheduler = gr.Dropdown(list(lab.SCHEDULER_NAMES), value=lab.DEFAULT_SCHEDULER, label="scheduler",
+                                elem_id="lab2d-scheduler")
+        seed = gr.Number(value=lab.SEED.default, precision=0, minimum=lab.SEED.minimum, maximum=lab.SEED.maximum,
+                         label="seed", elem_id="lab2d-seed")
+        data = gr.Radio(list(lab.DATA_CHOICES), value=lab.DATA_CHOICES[0], label="data", elem_id="lab2d-data")
+    with gr.Accordion(texts.LAB2D_DRAW_TITLE, open=False, render=False, elem_id="lab2d-drawing") as drawing_box:
+        gr.Markdown(texts.LAB2D_DRAW)
+        drawing = gr.Sketchpad(type="numpy", image_mode="RGB", canvas_size=(300, 300), height=380, layers=False,
+                               brush=gr.Brush(colors=list(lab.CLASS_COLOURS), color_mode="fixed", default_size=6),
+                               label="your data", elem_id="lab2d-sketch")
+    return [data, drawing, label, guidance, steps, scheduler, samples, seed], below, drawing_box
+
+
+def _lab2d_tab(links: LinkControls) -> None:
+    with gr.Tab("2-D diffusion lab", id="lab2d") as tab:
+        gr.Markdown(texts.LAB2D_HEADLINE)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                controls, below, drawing_box = _lab2d_controls()
+                run = gr.Button("Sample", variant="primary", elem_id="lab2d-run")
+                step = gr.Slider(0, 1, value=1, step=1, label="steps done", interactive=False, elem_id="lab2d-step")
+                with gr.Row():
+                    play = gr.Button("▶ Play", elem_id="lab2d-play")
+                    pause = gr.Button("Pause", elem_id="lab2d-pause")
+                message = components.message("lab2d")
+            plot = gr.Plot(label="the points", show_label=False, format="png", elem_id="lab2d-plot", scale=2)
+        below.render()
+        drawing_box.render()
+        text = gr.Markdown(elem_id="lab2d-text")
+        gr.Markdown(texts.EXPLAIN_LAB2D)
+        comparison = gr.Plot(label="guidance compared", show_label=False, format="png", elem_id="lab2d-comparison")
+        comparison_text = gr.Markdown(elem_id="lab2d-comparison-text")
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        timer = gr.Timer(lab2d.PLAY_SECONDS, active=False)
+    outputs = [state, step, plot, text, comparison, comparison_text, message]
+    data, drawing, *settings = controls
+    for key, control in zip(LAB_LINK_KEYS, settings, strict=True):  # the drawing cannot travel in a link
+        links.register(key, control)
+    links.on_open.append((lab2d.lab_linked, [state, *controls], outputs))
+    tab.select(lab2d.lab_opened, [state, *controls], outputs, **LAB_EVENTS)
+    run.click(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    for control in (data, *settings):  # a run takes milliseconds: every change samples again
+        trigger = control.release if isinstance(control, gr.Slider) else control.change
+        trigger(lab2d.lab_run, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    drawing.change(lab2d.drawing_changed, controls, outputs, trigger_mode="always_last", **LAB_EVENTS)
+    step.release(lab2d.lab_step, [state, step], [plot, text, message], trigger_mode="always_last", **LAB_EVENTS)
+    play.click(lab2d.lab_play, [state, step], [timer, step, message], **CHEAP_EVENTS)
+    pause.click(lab2d.lab_pause, None, timer, **CHEAP_EVENTS)
+    timer.tick(lab2d.lab_tick, [state, step], [timer, step, plot, text], trigger_mode="always_last", **LAB_EVENTS)
 
 
 def _ab_tab(run_state: gr.State, links: LinkControls) -> None:

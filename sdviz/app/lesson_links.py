@@ -41,6 +41,9 @@ class LinkControls:
     """Which component holds each link key: one per key, or one per generate tab (the settings keys)."""
 
     controls: dict[str, dict[str | None, gr.components.Component]] = field(default_factory=dict)
+    # what a tab draws once a link has opened it: (handler(tab shown, *inputs), inputs, outputs); the page chains
+    # each after restoring a link (a tab selected by a link gets no select event of its own)
+    on_open: list[tuple] = field(default_factory=list)
 
     def register(self, key: str, component, tab: str | None = None) -> None:
         if key not in links.KEYS:

@@ -67,6 +67,25 @@ from exactly the same noise. Move the step (or press **Play**) to watch both run
 predicted clean picture x0 of each. The plot projects both latent trajectories onto their two main directions
 (PCA): the paths start at one point and drift apart as the U-Net follows different words."""
 
+LAB2D_HEADLINE = ("**Reverse diffusion on points in the plane**, where the whole distribution fits on screen: press "
+                  "**▶ Play** and watch noise become samples of the three classes; then raise the guidance **g**.")
+
+LAB2D_DRAW_TITLE = "Draw your own data (then pick data: my drawing)"
+LAB2D_DRAW = ("Pick the brush (the pen on the left of the canvas) and draw strokes in **red, blue and green**: each "
+              "colour is a class. Every stroke pixel becomes a small "
+              "Gaussian (200 at most), so the data is still a mixture of Gaussians and the noise predictor stays "
+              "exact. The canvas is the plane from -3 to 3; each stroke samples again.")
+
+EXPLAIN_LAB2D = """**What you see.** A picture has thousands of numbers; here each sample is a point with two, so the
+whole distribution fits on screen. The data is three Gaussian classes (the **coloured contours**), as in the CFG
+paper's Figure 2 (Ho & Salimans 2022), or your drawing, and the class plays the part of the prompt: each **dot** is coloured by the class
+it was asked for, the **faint lines** are the paths the dots took, and the **grey** shows where the data's points lie
+at the current step's noise level. The noise predictor is exact (a mixture of Gaussians needs no training), with and
+without the class, and the loop is Stable Diffusion's own: its schedulers, its CFG formula *uncond + g (cond -
+uncond)*. **g = 0** ignores the class (dots of every colour land on every class), **g = 1** samples each class as it is,
+and **more g** pushes each class's dots away from the other classes and bunches them up; much guidance carries them
+past the far edge of their class. Below: the same starting noise at several g, with the numbers."""
+
 EXPLAIN_EXPORT = """**Export** your last run as one zip: the final picture, settings.json (to reproduce it),
 trace.npz (every step's tensors, for a notebook), the animation, and for every step the VAE's pictures of x_t
 and x0 (large, for slides) and the step's panels. The command line writes the same file: `python -m sdviz generate ... --out out/ --bundle run.zip`."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from sdviz.errors import SdvizError
+from sdviz.lessons import diffusion_2d as lab
 from sdviz.lessons.experiments import MAX_SCALE, MAX_SWEEP, parse_scales
 from sdviz.pipeline.schedulers import SCHEDULERS
 from sdviz.pipeline.settings import MAX_SEED, MAX_STEPS, RunSettings, check_settings
@@ -33,7 +34,7 @@ from sdviz.pipeline.settings import MAX_SEED, MAX_STEPS, RunSettings, check_sett
 # The page's tabs: id (as layout.py names them, and as a link writes them) -> label
 TABS = {"txt2img": "Text to image", "img2img": "Image to image", "forward": "Forward diffusion",
         "latent": "Latent space", "attention": "Text & attention", "unet": "U-Net", "cfg": "CFG experiments",
-        "ab": "Prompt A/B", "export": "Export", "lesson": "Guided lesson"}
+        "lab2d": "2-D diffusion lab", "ab": "Prompt A/B", "export": "Export", "lesson": "Guided lesson"}
 GENERATE_TABS = ("txt2img", "img2img")
 DEFAULT_SCHEDULER = "default"  # the scheduler dropdown's value for "the model's own"
 LAST_PICTURE = "last"  # a teaching tab's picture: the session's last generated picture
@@ -114,6 +115,12 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     number("variants_from", 0, 0.95, 0.05, "where CFG starts", tab="cfg"),
     number("variants_until", 0.05, 1, 0.05, "where CFG ends", tab="cfg"),
     text("ab_prompt", "prompt B", tab="ab"),
+    choice("lab_class", (lab.ALL_CLASSES, *lab.CLASSES), "the lab's class", tab="lab2d"),
+    number("lab_g", lab.GUIDANCE.minimum, lab.GUIDANCE.maximum, lab.GUIDANCE.step, "the lab's guidance", tab="lab2d"),
+    whole("lab_steps", lab.STEPS.minimum, lab.STEPS.maximum, "the lab's steps", tab="lab2d"),
+    choice("lab_scheduler", lab.SCHEDULER_NAMES, "the lab's scheduler", tab="lab2d"),
+    number("lab_samples", lab.SAMPLES.minimum, lab.SAMPLES.maximum, lab.SAMPLES.step, "the lab's samples", tab="lab2d"),
+    whole("lab_seed", lab.SEED.minimum, lab.SEED.maximum, "the lab's seed", tab="lab2d"),
     whole("station", 1, 8, "the station", tab="lesson"),
 )}
 

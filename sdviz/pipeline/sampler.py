@@ -193,7 +193,7 @@ def denoise_batch(model, starts: Sequence[Start]) -> Iterator[list[StepRecord] |
     scheduler, timesteps = starts[0].scheduler, starts[0].timesteps  # one scheduler steps the whole batch
     latents = torch.cat([s.latents for s in starts])
     generators = [s.generator for s in starts]  # each sample's step noise (ancestral schedulers) from its own seed
-    step_kwargs = _step_kwargs(scheduler, generators[0] if len(starts) == 1 else generators)
+    step_kwargs = scheduler_step_kwargs(scheduler, generators[0] if len(starts) == 1 else generators)
 
     # 4. The denoising loop.
     records: list[list[StepRecord]] = [[] for _ in starts]
@@ -284,8 +284,9 @@ def generate(model, settings: RunSettings, init_image: InitImage | None = None,
     raise RuntimeError("the loop ended without a trace")  # unreachable: denoise always ends with one
 
 
-def _step_kwargs(scheduler, generator) -> dict:
-    """Like diffusers: pass eta=0 and the run's generator(s) to schedulers whose step() takes them."""
+def scheduler_step_kwargs(scheduler, generator) -> dict:
+    """Like diffusers: pass eta=0 and the run's generator(s) to schedulers whose step() takes them (the 2-D lab
+    uses it too)."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "eta" in accepted:
@@ -293,3 +294,6 @@ def _step_kwargs(scheduler, generator) -> dict:
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs
+
+
+_step_kwargs = scheduler_step_kwargs  # its former, private name
