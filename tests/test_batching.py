@@ -92,11 +92,38 @@ def test_users_pressing_together_share_batches_and_get_their_own_pictures(tiny_m
     b = batcher_for(tiny_model, gather_s=0.05)
     requests = [settings_for(i, scheduler="euler") for i in range(6)]
     results = in_threads(lambda i: run_all(b.submit("tiny", requests[i])), 6)
-    assert sum(b.batches) == 6 and max(b.batches) >= 3  # the later ones joined one batch
+    assert sum(b.batches) - b.rejoined == 6 and max(b.batches) >= 3  # the later ones joined one batch
     for settings, items in zip(requests, results, strict=True):
         *steps, trace = items
         assert isinstance(trace, Trace) and [s.index for s in steps] == list(range(5))
         assert max_difference(trace.image, generate(tiny_model, settings).image) <= 1
+
+
+def test_a_young_lone_run_starts_again_inside_the_batch_of_a_class_arriving_just_after_it(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.05)
+    first = settings_for(0, scheduler="euler", steps=8)
+    ticket = b.submit("tiny", first)
+    items = iter(ticket)
+    step0 = next(items)  # the lone run has begun (step 1 of 8 computed, in this thread)
+    others = [settings_for(i, scheduler="euler", steps=8) for i in (1, 2, 3)]
+    results = {}
+
+    def other(i):
+        results[i] = run_all(b.submit("tiny", others[i]))
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # they are waiting
+    rest = list(items)
+    for t in threads:
+        t.join(60)
+    assert b.rejoined == 1 and 4 in b.batches  # the first run started again with the three others
+    steps = [step0, *rest[:-1]]
+    assert [s.index for s in steps] == list(range(8))  # every step handed out exactly once
+    assert max_difference(rest[-1].image, generate(tiny_model, first).image) <= 1
+    for i in range(3):
+        assert max_difference(results[i][-1].image, generate(tiny_model, others[i]).image) <= 1
 
 
 def test_a_lone_request_starts_at_once_and_runs_alone(tiny_model):
@@ -159,7 +186,7 @@ def test_identical_requests_share_one_row_and_repeats_come_from_the_cache(tiny_m
     b = batcher_for(tiny_model, gather_s=0.2)
     same = settings_for(2, scheduler="euler")
     results = in_threads(lambda i: run_all(b.submit("tiny", same)), 5)
-    assert sum(b.batches) <= 2  # five presses of one example: one or two rows computed, not five
+    assert sum(b.batches) - b.rejoined <= 2  # five presses of one example: one or two rows computed, not five
     images = [r[-1].image for r in results]
     assert all(max_difference(images[0], im) == 0 for im in images)
     batches_before = list(b.batches)

@@ -12,9 +12,9 @@ for scrubbing and the timeline. Live pictures are real VAE decodes when the mode
 real decodes. Slow motion shows every step. After a run the timeline (a ``gr.Timer``: :func:`play_pause`,
 :func:`step_forward`, :func:`step_back`) steps the whole panel.
 
-The loop runs in the events' own threads, not a helper thread (:mod:`sdviz.pipeline.batching`: whichever user's
-thread is free computes the batch's next step): a helper would fight the page's rendering for Python's global lock,
-and on a small model that slowed a lone run several times.
+A lone run's loop runs in its event's own thread, not a helper thread (:mod:`sdviz.pipeline.batching`): a helper
+would fight the page's rendering for Python's global lock, and on a small model that slowed a lone run several
+times. A batch of several users' runs has a thread of its own (no user's live updates may hold the others up).
 
 Many users (see docs/reliability.md): the panel always shows the session's latest run
 (:class:`sdviz.app.sessions.PanelRun`); Stop ends the loop after the step in progress; the events that follow a

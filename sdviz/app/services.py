@@ -31,7 +31,7 @@ from sdviz.lessons import experiments, export, forward, guidance_variants, laten
 from sdviz.lessons.peek import RgbMap
 from sdviz.pipeline import capture, vae
 from sdviz.pipeline.batching import Batcher
-from sdviz.pipeline.models import EMBEDDED, Model, load_model, use_cpu_threads
+from sdviz.pipeline.models import EMBEDDED, Model, compute_lock, load_model, use_cpu_threads
 from sdviz.pipeline.sampler import denoise
 from sdviz.pipeline.settings import RunSettings, load_init_image
 from sdviz.pipeline.text import Tokens
@@ -223,7 +223,8 @@ def step_decodes(model: Model, run: PanelRun, index: int) -> tuple[Image.Image, 
     for kind, latents in (("x_t", record.x_t), ("x0", record.pred_x0)):
         picture = run.decodes.get((index, kind))
         if picture is None:
-            picture = vae.decode_to_pil(model, latents)
+            with compute_lock:  # between the batch's steps, not beside them (see pipeline.models.compute_lock)
+                picture = vae.decode_to_pil(model, latents)
             run.decodes.put((index, kind), picture)
         pictures.append(picture)
     return pictures[0], pictures[1]

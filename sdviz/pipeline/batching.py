@@ -1,9 +1,10 @@
 """A classroom at once: requests from many users that can share a loop run as one batch.
 
 Thirty students pressing Generate together would otherwise queue for thirty loops one after another. The
-:class:`Batcher` gathers requests (in a busy moment, for a few tens of milliseconds), prepares each one on its own (a bad request
-fails alone, see :func:`sdviz.pipeline.sampler.prepare`), and runs those that share a schedule (same model, size,
-steps, scheduler and strength) through :func:`sdviz.pipeline.sampler.denoise_batch`, the one loop. Each request
+:class:`Batcher` gathers requests (when several wait, until none has come for a few tens of milliseconds; a lone
+request starts at once and, if a class arrives within its first steps, starts again inside their batch), prepares each
+one on its own (a bad request fails alone, see :func:`sdviz.pipeline.sampler.prepare`), and runs those that share a
+schedule (same model, size, steps, scheduler and strength) through :func:`sdviz.pipeline.sampler.denoise_batch`, the one loop. Each request
 gets a :class:`Ticket`: its own steps arrive there as the batch computes them, its own Stop drops only it, and its
 picture is its own seed's (within 1/255 of the lone run's, docs/reliability.md).
 
@@ -25,14 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdviz.pipeline.models import use_batch_threads
+from sdviz.pipeline.models import compute_lock, use_batch_threads
 from sdviz.pipeline.sampler import InitImage, Start, denoise_batch, prepare
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.trace import StepRecord, Trace
 
 GATHER_S = 0.03  # in a busy moment a new batch waits until no request has come for this long ...
 MAX_GATHER_S = 0.4  # ... but no longer than this (a class's presses reach the server over a few hundred ms)
-IDLE_S = 2.0  # after this long without requests a new one starts at once (a lone user waits for nobody)
+REJOIN_STEPS = 3  # a lone run this young starts again inside the batch of a class that arrives just after it
 POLL_S = 1.0  # a waiting request is woken when its batch steps, ends or needs a thread; this is only a safety net
 _END = object()
 
@@ -40,15 +41,16 @@ _END = object()
 class Ticket:
     """One request's view of its batch: iterate it for the run's step records and then its trace.
 
-    There is no worker thread: whoever iterates a ticket and finds nothing new steps the batch itself (a lone user's
-    run is computed in the user's own thread, between its live updates, as without batching); while one user's
-    thread draws its live view, another's computes the next step for everyone."""
+    A lone user's run is stepped by whoever iterates its ticket: the user's own thread, between its live updates, as
+    without batching. A batch of several users is stepped by a thread of its own (:meth:`Batcher._drive`), so that
+    no user's live updates hold the others up."""
 
     def __init__(self, batcher: Batcher) -> None:
         self._batcher = batcher
         self._items: deque = deque()  # guarded by the batcher's lock
         self.stopped = threading.Event()
         self.batch_size = 0  # requests computed together with this one (0 until its batch starts)
+        self.have = 0  # steps it already got from a lone start (then it started again inside a batch)
 
     def __iter__(self) -> Iterator[StepRecord | Trace]:
         lock = self._batcher._lock
@@ -103,6 +105,8 @@ class _Batch:
     model: object
     loop: Iterator  # denoise_batch's generator
     busy: bool = False  # a thread is computing its next step
+    dedicated: bool = False  # stepped by a thread of its own (a batch of several users), not by the users' threads
+    steps_done: int = 0
 
 
 class Batcher:
@@ -122,9 +126,8 @@ class Batcher:
         self._forming = False
         self._cache: OrderedDict[str, tuple[Trace, int]] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
-        self._last_request = -IDLE_S
-        self._busy_moment = False
         self.batches: deque[int] = deque(maxlen=1000)  # the sizes of the latest batches (benchmarks and tests)
+        self.rejoined = 0  # lone runs that started again inside a class's batch
 
     # -- the users' side ---------------------------------------------------------------------------------------
 
@@ -135,9 +138,6 @@ class Batcher:
         with self._lock:
             if self._replay(key, ticket):
                 return ticket
-            now = time.monotonic()
-            self._busy_moment = now - self._last_request < IDLE_S
-            self._last_request = now
             for request in self._pending:  # the same request already waiting: share its row
                 if key is not None and request.key == key:
                     request.tickets.append(ticket)
@@ -170,8 +170,8 @@ class Batcher:
         with self._lock:
             batch = self._batch
             if batch is None and self._pending and not self._forming:
-                self._forming, busy = True, self._busy_moment
-            elif batch is not None and not batch.busy:
+                self._forming, busy = True, len(self._pending) > 1
+            elif batch is not None and not batch.busy and not batch.dedicated:
                 batch.busy = True
             else:
                 return False
@@ -183,7 +183,7 @@ class Batcher:
 
     def _form(self, busy: bool) -> None:
         try:
-            if busy:  # a busy moment: let the others join this batch, while they keep coming
+            if busy:  # several waiting: a class is arriving; let the rest join this batch while they keep coming
                 deadline = time.monotonic() + MAX_GATHER_S
                 seen = -1
                 while time.monotonic() < deadline:
@@ -203,7 +203,11 @@ class Batcher:
                         for ticket in request.tickets:
                             ticket.batch_size = len(requests)
                     self.batches.append(len(requests))
-                    self._batch = _Batch(requests, model, denoise_batch(model, [r.start for r in requests]))
+                    self._batch = _Batch(requests, model, denoise_batch(model, [r.start for r in requests]),
+                                         dedicated=len(requests) > 1)
+                    if self._batch.dedicated:
+                        threading.Thread(target=self._drive, args=(self._batch,), name="sdviz-batch",
+                                         daemon=True).start()
         finally:
             with self._lock:
                 self._forming = False
@@ -248,12 +252,17 @@ class Batcher:
             if not any(request.live() for request in batch.requests):
                 finished = True  # everyone pressed Stop: the loop ends at this step
                 return
-            use_batch_threads(batch.model, len(batch.requests))
-            items = next(batch.loop)
+            if self._rejoin(batch):
+                return
+            with compute_lock:  # one piece of torch work at a time (see models.compute_lock)
+                use_batch_threads(batch.model, len(batch.requests))
+                items = next(batch.loop)
+            batch.steps_done += 1
             with self._lock:
                 for request, item in zip(batch.requests, items, strict=True):
                     for ticket in request.live():
-                        ticket._put(item)
+                        if not (isinstance(item, StepRecord) and item.index < ticket.have):  # else: it has it
+                            ticket._put(item)
             if isinstance(items[0], Trace):
                 finished = True
                 for request, trace in zip(batch.requests, items, strict=True):
@@ -271,6 +280,42 @@ class Batcher:
                 if finished and self._batch is batch:
                     self._batch = None
                 self._lock.notify_all()
+
+    def _rejoin(self, batch: _Batch) -> bool:
+        """The first press of a class starts at once, alone (it cannot know the others are coming). When more
+        requests for its model arrive within its first few steps, it starts again with them, in one batch: its
+        user loses those few steps' time (tens of milliseconds) instead of everyone waiting for its whole run."""
+        if batch.dedicated or batch.steps_done > REJOIN_STEPS:
+            return False
+        (request,) = batch.requests
+        with self._lock:
+            if not any(r.model_name == request.model_name for r in self._pending):
+                return False
+            for ticket in request.tickets:
+                ticket.have = max(ticket.have, batch.steps_done)
+            same = [r for r in self._pending if request.key is not None and r.key == request.key]
+            if same:  # the same request is waiting: one row for all of them
+                same[0].tickets.extend(request.tickets)
+            else:
+                request.start = None  # its scheduler and random numbers are used up: prepared again
+                self._pending.insert(0, request)
+            self._batch = None
+        batch.loop.close()
+        self.rejoined += 1
+        return True
+
+    def _drive(self, batch: _Batch) -> None:
+        """Step a batch of several users to its end. Their threads are paced by their pages (a server hands each
+        live update to the browser before it asks for the next), so a batch stepped only by them would stall
+        whenever all of them are busy drawing; a lone run is still stepped by its own user's thread."""
+        while True:
+            with self._lock:
+                while batch.busy and self._batch is batch:
+                    self._lock.wait(POLL_S)
+                if self._batch is not batch:
+                    return
+                batch.busy = True
+            self._step(batch)
 
     def _left(self) -> None:
         """A ticket stopped: if nobody is left in the batch, end its loop now (no thread would step it again)."""

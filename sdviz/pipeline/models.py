@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +151,38 @@ def use_cpu_threads(model: Model) -> int:
         if torch.get_num_threads() != _threads:
             torch.set_num_threads(_threads)
         return _threads
+
+
+class FairLock:
+    """A lock that serves its waiters in the order they came (``threading.Lock`` lets a thread that releases it
+    take it straight back, so a loop holding it step after step would starve everyone else)."""
+
+    def __init__(self) -> None:
+        self._turns = threading.Condition()
+        self._waiting: deque = deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        me = object()
+        with self._turns:
+            self._waiting.append(me)
+            while self._held or self._waiting[0] is not me:
+                self._turns.wait()
+            self._waiting.popleft()
+            self._held = True
+
+    def __exit__(self, *exc) -> None:
+        with self._turns:
+            self._held = False
+            self._turns.notify_all()
+
+
+# The playground's torch work (a batch's steps, the live views' decodes) runs one piece at a time, in turn, under this
+# lock. Each piece already uses every core (torch's thread pool is process-wide); thirty users' threads calling into
+# torch at once would start thirty thread teams on two cores and spend their time waiting for each other (a class of
+# 30: the live views' decodes took 42% of the server's samples and the loop crawled; see docs/reliability.md). In
+# turn, the decodes of a class's live views fit between two steps of their batch.
+compute_lock = FairLock()
 
 
 def use_batch_threads(model: Model, batch: int) -> int:

@@ -214,7 +214,8 @@ def denoise_batch(model, starts: Sequence[Start]) -> Iterator[list[StepRecord] |
         yield out
         latents = step.next_latents
 
-    # 5. Decode the final latents into the pictures (one at a time: the same picture as a lone run's).
+    # 5. Decode the final latents into the pictures (a lone run's alone, a batch's together).
+    images = [vae.decode_to_pil(model, latents)] if len(starts) == 1 else vae.decode_batch_to_pil(model, latents)
     traces = []
     for j, start in enumerate(starts):
         final = latents[j : j + 1]
@@ -222,7 +223,7 @@ def denoise_batch(model, starts: Sequence[Start]) -> Iterator[list[StepRecord] |
             settings=start.settings, model=model.name, scheduler=scheduler_name(scheduler),
             mode="img2img" if start.img2img else "txt2img", guidance=start.guidance, height=start.height,
             width=start.width, prompt_tokens=start.text.prompt, negative_tokens=start.text.negative,
-            steps=records[j], final_latents=final.detach()[0].float().cpu(), image=vae.decode_to_pil(model, final),
+            steps=records[j], final_latents=final.detach()[0].float().cpu(), image=images[j],
             init_image=start.picture, seconds=time.perf_counter() - start.started, environment=environment(model),
             unet_passes=passes[j],
         ))

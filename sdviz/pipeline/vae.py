@@ -44,6 +44,11 @@ def to_pil(model, image: torch.Tensor) -> Image.Image:
     return model.pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
+def decode_batch_to_pil(model, latents: torch.Tensor) -> list[Image.Image]:
+    """Several pictures' latents [B, C, h, w] decoded in one call (a batch of users' final pictures)."""
+    return model.pipe.image_processor.postprocess(decode(model, latents).float(), output_type="pil")
+
+
 def decode_to_pil(model, latents: torch.Tensor) -> Image.Image:
     if latents.dim() == 3:
         latents = latents[None]
