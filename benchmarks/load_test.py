@@ -158,6 +158,7 @@ def main() -> None:
 
     requests = requests_for(args.users, args.steps)
     env = {"SDVIZ_CONCURRENCY": str(args.concurrency)} if args.concurrency else {}
+    env["SDVIZ_RUN_CACHE_MB"] = "0"  # the sequential twins must be computed again, not replayed from the cache
     report: dict = {"model": args.model, "users": args.users, "steps": args.steps,
                     "concurrency": args.concurrency or "app default", "requests": [asdict(r) for r in requests]}
     ok = True

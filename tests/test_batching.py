@@ -202,3 +202,25 @@ def test_the_cache_is_bounded_in_bytes(tiny_model):
     for i in range(6):
         run_all(b.submit("tiny", settings_for(i, seed=100 + i)))
     assert b._cache_bytes <= 2.5 * size and len(b._cache) == 2
+
+
+def test_a_lone_run_does_not_start_again_for_requests_it_cannot_share_a_loop_with(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.05)
+    first = settings_for(0, scheduler="euler", steps=8)
+    items = iter(b.submit("tiny", first))
+    next(items)
+    results = {}
+
+    def other(i):  # other steps or another scheduler: never in the first run's batch
+        changes = [dict(steps=6), dict(scheduler="ddim"), dict(steps=9, scheduler="dpmpp_2m")][i]
+        results[i] = run_all(b.submit("tiny", settings_for(i + 1, **changes)))
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    rest = list(items)
+    for t in threads:
+        t.join(60)
+    assert b.rejoined == 0 and isinstance(rest[-1], Trace) and len(rest) == 8
+    assert all(isinstance(results[i][-1], Trace) for i in range(3))

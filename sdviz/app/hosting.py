@@ -13,6 +13,7 @@ built:
                         larger ones 8 on a CUDA GPU, 1 on a CPU or Apple GPU, where one run already fills the
                         machine); 1 turns batching off
     SDVIZ_LESSON_CONCURRENCY  teaching-tab experiments computed at the same time (default 1; 2 on a CUDA GPU)
+    SDVIZ_RUN_CACHE_MB  memory for finished runs kept to answer identical requests at once (default 256; 0: none)
     SDVIZ_QUEUE_SIZE    requests that may wait beyond those; one more gets "this application is busy" (default 64)
     SDVIZ_MAX_SESSIONS  browser sessions whose latest run is kept in memory (default 500)
     SDVIZ_SESSION_MB    memory for those runs (traces and their VAE decodes), in MB; the least recently used go
@@ -39,6 +40,8 @@ from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS, pick_device
 MODELS_ENV = "SDVIZ_MODELS"
 CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
 BATCH_ENV = "SDVIZ_BATCH"
+RUN_CACHE_ENV = "SDVIZ_RUN_CACHE_MB"
+DEFAULT_RUN_CACHE_MB = 256
 LESSON_CONCURRENCY_ENV = "SDVIZ_LESSON_CONCURRENCY"
 QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"
 MAX_SESSIONS_ENV = "SDVIZ_MAX_SESSIONS"
@@ -108,6 +111,15 @@ def batch_size(model, env: Mapping[str, str] | None = None) -> int:
     if sum(p.numel() for p in model.unet.parameters()) < SMALL_MODEL_PARAMS:
         return 32
     return 8 if model.device.type == "cuda" else 1
+
+
+def run_cache_mb(env: Mapping[str, str] | None = None) -> int:
+    """Memory for finished runs kept for identical requests (``SDVIZ_RUN_CACHE_MB``; 0 keeps none)."""
+    env = os.environ if env is None else env
+    raw = env.get(RUN_CACHE_ENV, "").strip()
+    if raw == "0":
+        return 0
+    return _positive_int(env, RUN_CACHE_ENV, DEFAULT_RUN_CACHE_MB) if raw else DEFAULT_RUN_CACHE_MB
 
 
 def batching(env: Mapping[str, str] | None = None) -> bool:

@@ -204,7 +204,7 @@ class RunStream:
 def batcher() -> Batcher:
     """The process's one :class:`~sdviz.pipeline.batching.Batcher`: every playground run on this server goes through
     it, so the runs of users who press Generate together share the loop."""
-    return Batcher(load_model, hosting.batch_size)
+    return Batcher(load_model, hosting.batch_size, cache_mb=hosting.run_cache_mb())
 
 
 @hosting.gpu(duration=hosting.QUICK_SECONDS)

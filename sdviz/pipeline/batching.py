@@ -94,6 +94,14 @@ class _Request:
     key: str | None  # what makes two requests identical (None: never shared)
     tickets: list[Ticket] = field(default_factory=list)
     start: Start | None = None
+    rejoined: bool = False  # started alone, then again inside a batch (once at most)
+
+    def may_share_with(self, other: _Request) -> bool:
+        """Whether the two could share a loop, judged from their settings before either is prepared."""
+        a, b = self.settings, other.settings
+        return (self.model_name == other.model_name and (self.init_image is None) == (other.init_image is None)
+                and (a.steps, a.scheduler, a.height, a.width) == (b.steps, b.scheduler, b.height, b.width)
+                and (self.init_image is None or a.strength == b.strength))
 
     def live(self) -> list[Ticket]:
         return [t for t in self.tickets if not t.stopped.is_set()]
@@ -289,8 +297,9 @@ class Batcher:
             return False
         (request,) = batch.requests
         with self._lock:
-            if not any(r.model_name == request.model_name for r in self._pending):
+            if request.rejoined or not any(request.may_share_with(r) for r in self._pending):
                 return False
+            request.rejoined = True
             for ticket in request.tickets:
                 ticket.have = max(ticket.have, batch.steps_done)
             same = [r for r in self._pending if request.key is not None and r.key == request.key]
