@@ -126,7 +126,7 @@ class Batcher:
     """
 
     def __init__(self, load: Callable[[str], object], max_batch: Callable[[object], int] = lambda model: 32,
-                 *, gather_s: float = GATHER_S, cache_mb: float = 256) -> None:
+                 *, gather_s: float = GATHER_S, cache_mb: float = 32) -> None:
         self._load, self._max_batch, self._gather_s = load, max_batch, gather_s
         self._lock = threading.Condition()
         self._pending: list[_Request] = []
