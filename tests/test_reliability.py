@@ -695,7 +695,7 @@ def test_the_teaching_tabs_have_their_own_slots_apart_from_the_class_batches(tin
 
 
 def test_the_run_cache_size_comes_from_the_environment():
-    assert hosting.run_cache_mb({}) == 32 and hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "0"}) == 0
+    assert hosting.run_cache_mb({}) == 4 and hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "0"}) == 0
     assert hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "64"}) == 64
     with pytest.raises(SdvizError, match="SDVIZ_RUN_CACHE_MB"):
         hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "lots"})

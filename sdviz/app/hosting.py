@@ -13,7 +13,7 @@ built:
                         larger ones 8 on a CUDA GPU, 1 on a CPU or Apple GPU, where one run already fills the
                         machine); 1 turns batching off
     SDVIZ_LESSON_CONCURRENCY  teaching-tab experiments computed at the same time (default 1; 2 on a CUDA GPU)
-    SDVIZ_RUN_CACHE_MB  memory for finished runs kept to answer identical requests at once (default 32; 0: none)
+    SDVIZ_RUN_CACHE_MB  memory for finished runs kept to answer identical requests at once (default 4; 0: none)
     SDVIZ_QUEUE_SIZE    requests that may wait beyond those; one more gets "this application is busy" (default 64)
     SDVIZ_MAX_SESSIONS  browser sessions whose latest run is kept in memory (default 500)
     SDVIZ_SESSION_MB    memory for those runs (traces and their VAE decodes), in MB; the least recently used go
@@ -41,7 +41,7 @@ MODELS_ENV = "SDVIZ_MODELS"
 CONCURRENCY_ENV = "SDVIZ_CONCURRENCY"
 BATCH_ENV = "SDVIZ_BATCH"
 RUN_CACHE_ENV = "SDVIZ_RUN_CACHE_MB"
-DEFAULT_RUN_CACHE_MB = 32  # the embedded model: ~500 runs; SD 1.5 at 512x512: 4
+DEFAULT_RUN_CACHE_MB = 4  # ~60 runs of the embedded model (raise it for real checkpoints: SD 1.5 at 512x512 ~8 MB a run)
 LESSON_CONCURRENCY_ENV = "SDVIZ_LESSON_CONCURRENCY"
 QUEUE_SIZE_ENV = "SDVIZ_QUEUE_SIZE"
 MAX_SESSIONS_ENV = "SDVIZ_MAX_SESSIONS"

@@ -87,7 +87,7 @@ class Links:
 
     def after_run_outputs(self) -> list:
         return [*self.page.panel.frame_outputs(), *[self.controls.component(k, None) for k in
-                ("forward_picture", "latent_picture", "cfg_step", "cfg_g")], self.cfg_info]
+                ("forward_picture", "latent_picture", "cfg_step", "cfg_g", "variants_g")], self.cfg_info]
 
 
 def notice(notices: list[str]) -> gr.Markdown:
@@ -193,7 +193,7 @@ def after_run(ln: Links, pending, run, request: gr.Request = None) -> dict:
         n = len(run.steps)
         step.value = min(pending.get("cfg_step", 1), n)
         scale.value = pending.get("cfg_g", run.settings.guidance_scale)
-        variants_g.value = pending.get("variants_g", variants_g.value)
+        variants_g.value = pending.get("variants_g", run.settings.guidance_scale)  # (an update: .value is write-only)
         updates |= {ln.controls.component("cfg_step", None): step, ln.controls.component("cfg_g", None): scale,
                     ln.controls.component("variants_g", None): variants_g, ln.cfg_info: info}
     return updates or playground.unchanged()
