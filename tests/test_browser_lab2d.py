@@ -37,7 +37,7 @@ def test_a_teacher_plays_the_2d_lab_and_turns_up_guidance(browser_app_url, brows
         page.set_viewport_size({"width": width, "height": height})
         page.goto(browser_app_url)
         started = time.perf_counter()
-        page.get_by_role("tab", name="2-D diffusion lab", exact=True).click()
+        page.get_by_role("tab", name="2-D lab", exact=True).click()
         expect(plot).to_have_attribute("src", PICTURE)  # opening the tab samples with the default settings
         expect(text).to_contain_text("The samples after 30 steps (ddim, g = 3)")
         print(f"\n{width}x{height}: the lab's first figure {time.perf_counter() - started:.1f} s after the click")

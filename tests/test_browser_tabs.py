@@ -45,7 +45,7 @@ new MutationObserver(() => {
 
 
 TABS = ["Text to image", "Image to image", "Forward diffusion", "Latent space", "Text & attention", "U-Net",
-        "CFG experiments", "2-D diffusion lab", "Prompt A/B", "Export", "Guided lesson"]
+        "CFG experiments", "2-D lab", "Prompt A/B", "Export", "Guided lesson"]
 
 
 def copy_shots(shots) -> None:

@@ -13,7 +13,7 @@ import pytest
 from sdviz.app import layout, texts
 from sdviz.app import teaching as ui
 
-TABS = ["Forward diffusion", "Latent space", "Text & attention", "U-Net", "CFG experiments", "2-D diffusion lab", "Prompt A/B",
+TABS = ["Forward diffusion", "Latent space", "Text & attention", "U-Net", "CFG experiments", "2-D lab", "Prompt A/B",
         "Export"]
 
 

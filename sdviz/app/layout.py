@@ -472,7 +472,7 @@ def _lab2d_controls() -> tuple[list[gr.components.Component], gr.Row, gr.Accordi
 
 
 def _lab2d_tab(links: LinkControls) -> None:
-    with gr.Tab("2-D diffusion lab", id="lab2d") as tab:
+    with gr.Tab("2-D lab", id="lab2d") as tab:
         gr.Markdown(texts.LAB2D_HEADLINE)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):

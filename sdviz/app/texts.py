@@ -267,6 +267,7 @@ CSS = """
 #peek-status { min-height: 1.6em; }
 /* Every tab's label fits one row at a page width of 1024 px (Gradio hides the rest behind a "..." menu). */
 #tabs .tab-container button { padding: 0 9px; }
+@media (max-width: 1180px) { #tabs .tab-container button { padding: 0 4px; font-size: 0.88em; } }
 /* A teaching tab's message next to its input: one sentence, readable, and no space taken when empty. */
 .teaching-message p { margin: 4px 0; font-size: 1.02em; }
 .teaching-message:empty, .teaching-message .prose:empty { display: none; }

@@ -34,7 +34,7 @@ from sdviz.pipeline.settings import MAX_SEED, MAX_STEPS, RunSettings, check_sett
 # The page's tabs: id (as layout.py names them, and as a link writes them) -> label
 TABS = {"txt2img": "Text to image", "img2img": "Image to image", "forward": "Forward diffusion",
         "latent": "Latent space", "attention": "Text & attention", "unet": "U-Net", "cfg": "CFG experiments",
-        "lab2d": "2-D diffusion lab", "ab": "Prompt A/B", "export": "Export", "lesson": "Guided lesson"}
+        "lab2d": "2-D lab", "ab": "Prompt A/B", "export": "Export", "lesson": "Guided lesson"}
 GENERATE_TABS = ("txt2img", "img2img")
 DEFAULT_SCHEDULER = "default"  # the scheduler dropdown's value for "the model's own"
 LAST_PICTURE = "last"  # a teaching tab's picture: the session's last generated picture
