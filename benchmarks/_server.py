@@ -58,3 +58,25 @@ def new_client(url: str):
 
     return Client(url, download_files=False, verbose=False, analytics_enabled=False)
 
+
+
+def all_at_once(url: str, users: int, one) -> tuple[list, float]:
+    """``users`` clients (one browser session each) call ``one(client, i)`` at the same moment, from threads; returns
+    their results in order and the wall seconds from that moment (the clients are made before it, closed after)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [new_client(url) for _ in range(users)]
+    barrier = threading.Barrier(users)
+
+    def start(i: int):
+        barrier.wait()
+        return one(clients[i], i)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(users) as pool:
+        results = list(pool.map(start, range(users)))
+    wall = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    return results, wall

@@ -30,14 +30,12 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
-from _server import free_port, new_client, start_server
+from _server import all_at_once, free_port, new_client, start_server
 from PIL import Image
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -73,23 +71,13 @@ def fetch(url: str) -> np.ndarray:
 
 
 def burst(url: str, requests: list[tuple[str, int, float]], steps: int) -> tuple[list[dict], float]:
-    clients = [new_client(url) for _ in requests]
-    barrier = threading.Barrier(len(requests))
-
-    def one(i: int) -> dict:
-        barrier.wait()
+    def one(client, i: int) -> dict:
         try:
-            return timed_run(clients[i], *requests[i], steps)
+            return timed_run(client, *requests[i], steps)
         except Exception as err:  # counted, not raised
             return {"error": f"user {i}: {type(err).__name__}: {err}"}
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(requests)) as pool:
-        results = list(pool.map(one, range(len(requests))))
-    wall = time.perf_counter() - started
-    for c in clients:
-        c.close()
-    return results, wall
+    return all_at_once(url, len(requests), one)
 
 
 def main() -> None:

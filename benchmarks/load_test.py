@@ -29,15 +29,13 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-from _server import ROOT, free_port, new_client, start_server
+from _server import ROOT, all_at_once, free_port, new_client, start_server
 from PIL import Image
 
 SCHEDULERS = ["default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m"]
@@ -89,24 +87,15 @@ def final_picture(result) -> np.ndarray:
 
 def burst(url: str, requests: list[Request]) -> tuple[list, list[float], list[str], float]:
     """Every user at the same moment; returns results, seconds per user, errors, wall seconds."""
-    clients = [new_client(url) for _ in requests]
-    barrier = threading.Barrier(len(requests))
-
-    def one(i: int):
-        barrier.wait()
+    def one(client, i: int):
         started = time.perf_counter()
         try:
-            result = submit(clients[i], requests[i]).result(timeout=1800)
+            result = submit(client, requests[i]).result(timeout=1800)
             return result, time.perf_counter() - started, None
         except Exception as err:  # reported, not raised: the point is to count them
             return None, time.perf_counter() - started, f"user {i}: {type(err).__name__}: {err}"
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(requests)) as pool:
-        outcomes = list(pool.map(one, range(len(requests))))
-    wall = time.perf_counter() - started
-    for c in clients:
-        c.close()
+    outcomes, wall = all_at_once(url, len(requests), one)
     return [o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes if o[2]], wall
 
 
@@ -114,24 +103,19 @@ def queue_full(url: str, requests: list[Request]) -> dict:
     """More users than one slot and a small queue hold: who got in, who was told the app is busy."""
     from gradio_client.utils import QueueError
 
-    clients = [new_client(url) for _ in requests]
-    barrier = threading.Barrier(len(requests))
-
-    def one(i: int):
-        barrier.wait()
+    def one(client, i: int):
         try:
-            result = submit(clients[i], requests[i]).result(timeout=1800)
+            result = submit(client, requests[i]).result(timeout=1800)
             return "done" if "Done: " in str(result[1]) else f"odd status: {result[1]}"
         except QueueError as err:
             return f"full: {err}"
         except Exception as err:
             return f"error: {type(err).__name__}: {err}"
 
-    with ThreadPoolExecutor(len(requests)) as pool:
-        outcomes = list(pool.map(one, range(len(requests))))
-    after = submit(clients[0], requests[0]).result(timeout=600)
-    for c in clients:
-        c.close()
+    outcomes, _ = all_at_once(url, len(requests), one)
+    client = new_client(url)  # afterwards, the server answers as usual
+    after = submit(client, requests[0]).result(timeout=600)
+    client.close()
     full = [o for o in outcomes if o.startswith("full")]
     return {"done": outcomes.count("done"), "queue_full": len(full), "message": full[0][6:] if full else None,
             "other": [o for o in outcomes if o != "done" and not o.startswith("full")],

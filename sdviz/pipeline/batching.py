@@ -35,7 +35,6 @@ GATHER_S = 0.03  # in a busy moment a new batch waits until no request has come 
 MAX_GATHER_S = 0.4  # ... but no longer than this (a class's presses reach the server over a few hundred ms)
 REJOIN_STEPS = 3  # a lone run this young starts again inside the batch of a class that arrives just after it
 POLL_S = 1.0  # a waiting request is woken when its batch steps, ends or needs a thread; this is only a safety net
-_END = object()
 
 
 class Ticket:
@@ -63,8 +62,6 @@ class Ticket:
                         if not self._items:
                             lock.wait(POLL_S)
                 continue
-            if item is _END:
-                return
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -295,6 +295,3 @@ def scheduler_step_kwargs(scheduler, generator) -> dict:
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs
-
-
-_step_kwargs = scheduler_step_kwargs  # its former, private name
