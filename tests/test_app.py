@@ -347,3 +347,22 @@ def test_the_plots_text_says_what_the_plotted_spread_of_x_t_did(tiny_model, sche
     went = "stays near" if abs(last - first) <= 0.15 * max(first, last) else "rises" if last > first else "falls"
     assert f"x_t {went}" in text
     assert ("at the scale of sigma" in text) == (scheduler == "euler")
+
+
+def test_prompt_examples_offer_two_shape_scenes_only_to_a_model_that_reads_them(tiny_model):
+    """The tiny test model's tokenizer has the one-shape words only; a model trained on pairs gets pair prompts too,
+    every word of them one token, and one held-out pair (never seen together in training)."""
+    from types import SimpleNamespace
+
+    from sdviz.toy import model as toy_model
+    from sdviz.toy import world
+
+    one_shape = components.prompt_examples(tiny_model)
+    assert one_shape == components.prompt_examples() and not any(" of " in p or " and " in p for p in one_shape)
+    pairs_tokenizer = toy_model.build_tokenizer(world.PAIR_VOCABULARY, max_length=24)
+    with_pairs = components.prompt_examples(SimpleNamespace(tokenizer=pairs_tokenizer))
+    extra = with_pairs[len(one_shape):]
+    assert with_pairs[: len(one_shape)] == one_shape and len(extra) == 3
+    assert all(not toy_model.unknown_words(pairs_tokenizer, p) for p in extra)
+    first, second = world.PAIR_HELD_OUT[0]
+    assert world.pair_caption(first, "left", second) in extra

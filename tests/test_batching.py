@@ -14,7 +14,7 @@ from PIL import Image
 from sdviz.errors import SdvizError
 from sdviz.pipeline import batching
 from sdviz.pipeline.batching import Batcher
-from sdviz.pipeline.sampler import denoise_batch, generate, prepare
+from sdviz.pipeline.sampler import denoise_batch, generate, generate_batch, prepare
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.trace import Trace
 
@@ -62,6 +62,15 @@ def test_requests_with_different_schedules_are_refused_as_one_batch(tiny_model):
     with pytest.raises(ValueError, match="share"):
         list(denoise_batch(tiny_model, [prepare(tiny_model, settings_for(0)),
                                         prepare(tiny_model, settings_for(1, steps=6))]))
+
+
+def test_generate_batch_runs_many_requests_in_chunks_and_keeps_their_order(tiny_model):
+    """The evaluation's path: chunks of the batch size, requests of another schedule in loops of their own."""
+    requests = [settings_for(i) for i in range(4)] + [settings_for(4, steps=6)]
+    traces = generate_batch(tiny_model, requests, batch_size=3)
+    assert [t.settings for t in traces] == requests
+    for settings, trace in zip(requests, traces, strict=True):
+        assert max_difference(trace.image, generate(tiny_model, settings).image) <= 1
 
 
 def batcher_for(model, **kwargs) -> Batcher:

@@ -36,3 +36,8 @@ def test_loss_weight_is_min_snr_with_a_floor_for_the_noisiest_steps():
     assert torch.allclose(plain[low_noise], floored[low_noise])  # clean steps: down-weighted as before
     assert floored[-1] > 100 * plain[-1]  # t=999: the picture's error counts as much as at SNR 1
     assert torch.allclose(floored[-1] * snr[-1], torch.tensor(1.0))
+
+
+def test_a_tokenizer_reads_pairs_only_when_it_has_every_two_shape_word():
+    assert toy_model.reads_pairs(toy_model.build_tokenizer(world.PAIR_VOCABULARY))
+    assert not toy_model.reads_pairs(toy_model.build_tokenizer(world.VOCABULARY))

@@ -22,6 +22,7 @@ from sdviz.lessons import guided, links, peek
 from sdviz.pipeline.models import EMBEDDED, Model
 from sdviz.pipeline.schedulers import SCHEDULERS, scheduler_name
 from sdviz.pipeline.settings import MAX_INIT_PIXELS, RunSettings
+from sdviz.toy import model as toy_model
 from sdviz.toy import world
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
@@ -103,16 +104,24 @@ def scheduler_choices(model: Model | None) -> list[tuple[str, str]]:
     return [(own, DEFAULT_SCHEDULER)] + [(name, name) for name in SCHEDULERS]
 
 
-def prompt_examples() -> list[str]:
-    """Prompts in the toy world's words (the last combination was never seen in training)."""
-    held_out = world.HELD_OUT[0]
-    return [
+def prompt_examples(model: Model | None = None) -> list[str]:
+    """Prompts in the toy world's words (the last of each kind was never seen in training); two-shape scenes too
+    for a model that reads them."""
+    held_out, (first, second) = world.HELD_OUT[0], world.PAIR_HELD_OUT[0]
+    prompts = [
         world.caption("red", "circle", "big", "left"),
         world.caption("blue", "square", "small", "top"),
         world.caption("green", "triangle", "big", "center"),
         world.caption("yellow", "circle", None, "right"),
         world.caption(held_out[0], held_out[1], "big", held_out[2]),
     ]
+    if model is not None and toy_model.is_toy_tokenizer(model.tokenizer) and toy_model.reads_pairs(model.tokenizer):
+        prompts += [
+            world.pair_caption(("yellow", "triangle"), "and", ("green", "circle")),
+            world.pair_caption(("purple", "circle"), "above", ("orange", "square")),
+            world.pair_caption(first, "left", second),
+        ]
+    return prompts
 
 
 def image_examples() -> list[list[str]]:

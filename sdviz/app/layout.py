@@ -94,7 +94,7 @@ def build_demo(models: Sequence[str] | None = None, *, concurrency_limit: int | 
         panel = components.peek_panel(model)
         txt.final = img.final = panel.final  # one panel, one final picture: the latest run's
         with gr.Accordion("Prompts to try (text to image)", open=False, elem_id="prompt-examples"):
-            gr.Examples([[p] for p in components.prompt_examples()], inputs=[txt.prompt], label="Try a prompt")
+            gr.Examples([[p] for p in components.prompt_examples(model)], inputs=[txt.prompt], label="Try a prompt")
         if components.image_examples():  # below the panel too: in the tab they would push the live view off screen
             with gr.Accordion("Pictures to try (image to image)", open=False, elem_id="image-examples"):
                 gr.Examples(components.image_examples(), inputs=[init_image, img.prompt], label="Try a picture")

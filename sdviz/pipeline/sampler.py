@@ -285,6 +285,24 @@ def generate(model, settings: RunSettings, init_image: InitImage | None = None,
     raise RuntimeError("the loop ended without a trace")  # unreachable: denoise always ends with one
 
 
+def generate_batch(model, settings: Sequence[RunSettings], batch_size: int = 16) -> list[Trace]:
+    """Run several text-to-image requests to the end, ``batch_size`` at a time through one U-Net batch (the
+    evaluation's many seeds). Each picture equals its lone run's within 1/255 (tests/test_batching.py)."""
+    starts = [prepare(model, s) for s in settings]
+    traces: list[Trace] = []
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first : first + batch_size]
+        groups: dict[tuple, list[int]] = {}
+        for j, start in enumerate(chunk):  # requests that cannot share a loop run in loops of their own
+            groups.setdefault(start.schedule_key, []).append(j)
+        done: dict[int, Trace] = {}
+        for members in groups.values():
+            *_, last = denoise_batch(model, [chunk[j] for j in members])
+            done.update(zip(members, last, strict=True))
+        traces += [done[j] for j in range(len(chunk))]
+    return traces
+
+
 def scheduler_step_kwargs(scheduler, generator) -> dict:
     """Like diffusers: pass eta=0 and the run's generator(s) to schedulers whose step() takes them (the 2-D lab
     uses it too)."""

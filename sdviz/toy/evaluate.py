@@ -42,9 +42,10 @@ from tqdm import tqdm
 from sdviz.errors import SdvizError
 from sdviz.pipeline import models, vae
 from sdviz.pipeline.capture import AttentionMaps, capture_run
-from sdviz.pipeline.sampler import generate
+from sdviz.pipeline.sampler import generate, generate_batch
 from sdviz.pipeline.schedulers import scheduler_name
 from sdviz.pipeline.settings import RunSettings
+from sdviz.toy import model as toy_model
 from sdviz.toy import world
 from sdviz.toy.judge import PairVerdict, Verdict, judge, judge_pair
 
@@ -106,13 +107,13 @@ def held_out_prompts(quick: bool = False) -> list[Prompt]:
 def generate_and_judge(model, prompts: list[Prompt], seeds: list[int], guidance_scale: float, steps: int,
                        bar: tqdm | None = None) -> list[Judgement]:
     judgements = []
-    for prompt in prompts:
-        for seed in seeds:
-            settings = RunSettings(prompt=prompt.text, steps=steps, guidance_scale=guidance_scale, seed=seed)
-            image = generate(model, settings).image
-            judgements.append(Judgement(prompt, seed, guidance_scale, judge(image), image))
-            if bar is not None:
-                bar.update(1)
+    for prompt in prompts:  # a prompt's seeds go through the loop as one batch
+        settings = [RunSettings(prompt=prompt.text, steps=steps, guidance_scale=guidance_scale, seed=seed)
+                    for seed in seeds]
+        for seed, trace in zip(seeds, generate_batch(model, settings), strict=True):
+            judgements.append(Judgement(prompt, seed, guidance_scale, judge(trace.image), trace.image))
+        if bar is not None:
+            bar.update(len(seeds))
     return judgements
 
 
@@ -163,8 +164,7 @@ class PairJudgement:
 
 def knows_pairs(model) -> bool:
     """Whether the model's tokenizer reads every two-shape caption word as one token (a model trained on pairs)."""
-    words = set(world.PAIR_VOCABULARY) - set(world.VOCABULARY)
-    return all(len(model.tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in words)
+    return toy_model.reads_pairs(model.tokenizer)
 
 
 def pair_prompts(quick: bool = False) -> list[PairPrompt]:
@@ -192,17 +192,18 @@ def generate_and_judge_pairs(model, prompts: list[PairPrompt], seeds: list[int],
                              with_attention: bool = False, bar: tqdm | None = None) -> list[PairJudgement]:
     judgements = []
     for prompt in prompts:
-        for seed in seeds:
-            settings = RunSettings(prompt=prompt.text, steps=steps, guidance_scale=guidance_scale, seed=seed)
-            if with_attention:  # the same picture: capture changes nothing (tests/test_attention.py)
-                trace, maps = capture_run(model, settings)
-            else:
-                trace, maps = generate(model, settings), None
+        settings = [RunSettings(prompt=prompt.text, steps=steps, guidance_scale=guidance_scale, seed=seed)
+                    for seed in seeds]
+        if with_attention:  # captured one run at a time; capture changes no picture (tests/test_attention.py)
+            runs = [capture_run(model, s) for s in settings]
+        else:  # a prompt's seeds as one batch
+            runs = [(trace, None) for trace in generate_batch(model, settings)]
+        for seed, (trace, maps) in zip(seeds, runs, strict=True):
             verdict = judge_pair(trace.image)
             attention = attention_on_own_shape(maps, prompt, verdict) if maps is not None else None
             judgements.append(PairJudgement(prompt, seed, guidance_scale, verdict, trace.image, attention))
-            if bar is not None:
-                bar.update(1)
+        if bar is not None:
+            bar.update(len(seeds))
     return judgements
 
 

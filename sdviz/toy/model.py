@@ -91,6 +91,12 @@ def known_words(tokenizer) -> list[str]:
     return sorted(w for w in words if len(w) > 1 and w.isalpha())
 
 
+def reads_pairs(tokenizer) -> bool:
+    """Whether every word of the two-shape captions is one token of ``tokenizer`` (a model trained on pairs)."""
+    words = set(world.PAIR_VOCABULARY) - set(world.VOCABULARY)
+    return all(len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in words)
+
+
 def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
     """What CLIP's BPE does to one word: apply the lowest-ranked merge present, again and again."""
     rank = {pair: i for i, pair in enumerate(merges)}
