@@ -28,6 +28,7 @@ from sdviz.toy.evaluate import (
     knows_pairs,
     pair_accuracy,
     pair_prompts,
+    save_pair_grid,
     write_markdown,
 )
 from sdviz.toy.judge import judge, judge_pair
@@ -173,3 +174,5 @@ def test_a_model_trained_on_pairs_is_evaluated_on_them_with_attention(tmp_path):
     assert len(prompts) == 4 and all(p.relation in ("and", "left") for p in prompts)
     judgements = generate_and_judge_pairs(model, prompts[:1], [0], 2.0, 2, with_attention=True)
     assert judgements[0].image.size == (128, 128)  # an untrained model: nothing to find, but it runs end to end
+    grid = Image.open(save_pair_grid(judgements * 3, tmp_path / "pairs.png", columns=2))
+    assert grid.size == (2 * (128 + 4), 2 * (128 + 46))  # 3 tiles in 2 columns: 2 rows

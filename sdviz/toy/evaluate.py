@@ -307,7 +307,7 @@ def load_seconds(name: str, device: torch.device, runs: int) -> dict:
 
 
 # -- pictures for people ------------------------------------------------------------------------------
-TILE = 128  # each 64x64 picture is shown 2x, pixels kept sharp
+TILE = 128  # each picture is shown 128 pixels wide (a 64x64 one 2x), pixels kept sharp
 GAP = 4  # white space between tiles
 LABEL = 46
 
@@ -348,6 +348,29 @@ def save_guidance_grid(by_scale: dict[float, list[Judgement]], path: Path) -> Pa
         for c, j in enumerate(by_scale[g]):
             grid.paste(j.image.resize((TILE, TILE), Image.Resampling.NEAREST), (margin + c * stride, y))
             pen.text((margin + c * stride + 3, y + TILE + 1), _seen(j), fill=_mark_colour(j), font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def save_pair_grid(judgements: list[PairJudgement], path: Path, columns: int) -> Path:
+    """One tile per two-shape judgement: the picture, the caption, and what the judge saw (green: all right)."""
+    font = ImageFont.load_default(size=11)
+    rows = math.ceil(len(judgements) / columns)
+    grid = Image.new("RGB", (columns * (TILE + GAP), rows * (TILE + LABEL)), "white")
+    pen = ImageDraw.Draw(grid)
+    for i, j in enumerate(judgements):
+        x, y = (i % columns) * (TILE + GAP), (i // columns) * (TILE + LABEL)
+        grid.paste(j.image.resize((TILE, TILE), Image.Resampling.NEAREST), (x, y))
+        (c1, s1), (c2, s2) = j.prompt.first, j.prompt.second
+        pen.text((x + 3, y + TILE + 2), f"{c1} {s1} {world.RELATIONS[j.prompt.relation]}", fill="black", font=font)
+        pen.text((x + 3, y + TILE + 15), f"{c2} {s2}", fill="black", font=font)
+        if not j.verdict.found:
+            seen, mark = (j.verdict.problems or ("not two clear shapes",))[0].split(" (")[0], "darkorange"
+        else:
+            seen = " + ".join(f"{v.colour} {v.shape}" for v in j.verdict.shapes)
+            mark = "green" if all(j.correct.values()) else "red"
+        pen.text((x + 3, y + TILE + 29), seen[:24], fill=mark, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
@@ -565,6 +588,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                       columns=len(prompts) // len({p.size for p in prompts}))))
         no_size = {g: [j for j in js if j.seed == seeds[0] and j.prompt.size is None] for g, js in by_scale.items()}
         results["images"].append(str(save_guidance_grid(no_size, images_dir / "eval_guidance.png")))
+        if pairs is not None:
+            first_pairs = [j for j in pair_scales[rec.guidance_scale] if j.seed == seeds[0]]
+            results["images"].append(str(save_pair_grid(first_pairs, images_dir / "eval_pairs.png",
+                                                        columns=len({(j.prompt.first, j.prompt.second) for j in first_pairs}))))
     _print_summary(results)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
