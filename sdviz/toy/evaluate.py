@@ -15,7 +15,9 @@ What it measures, in order:
 4. **The VAE.** Reconstruction PSNR on fresh toy pictures: how much the latent space loses.
 5. **Speed.** Median time of a default generation, and of loading the model.
 
-Every picture comes from :func:`sdviz.pipeline.sampler.generate`, the same loop the app and the CLI use.
+Every picture comes from the same loop the app and the CLI use (:mod:`sdviz.pipeline.sampler`): a prompt's seeds
+go through it as one batch (``generate_batch``: each picture within 1/255 of its lone run), the attention
+pictures and the speed runs one at a time.
 """
 
 from __future__ import annotations
