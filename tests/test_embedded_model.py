@@ -106,3 +106,30 @@ def test_embedded_model_draws_easy_prompts_right_and_guidance_matters(embedded):
 def test_shipped_tokenizer_reads_every_toy_word_as_one_token(embedded):
     for word in world.VOCABULARY:
         assert embedded.tokenizer.tokenize(word) == [word + "</w>"], word
+
+
+def test_the_guided_lesson_says_what_the_shipped_model_draws(embedded):
+    """The guided lesson's sentences name the embedded model's own pictures (sdviz.lessons.guided): the judge checks
+    each named picture on the shipped model, so a new model cannot leave the lesson describing the old one's."""
+    from sdviz.app.components import EXAMPLES_DIR
+    from sdviz.lessons import guided
+
+    def seen(prompt: str, seed: int = 7, guidance: float = 2.0, init=None, strength: float = 0.8) -> tuple:
+        settings = RunSettings(prompt=prompt, steps=20, guidance_scale=guidance, seed=seed, strength=strength)
+        verdict = judge(generate(embedded, settings, init).image)
+        return verdict.colour, verdict.shape, verdict.position, verdict.size
+
+    texts = {s.title: f"{s.look} {s.question} {s.answer}" for s in guided.STATIONS}
+    assert "seed 3 draws a small one" in texts["Text to image"]
+    assert seen("a big red circle on the left")[:3] == ("red", "circle", "left")
+    assert seen("a big red circle on the left", seed=3)[3] == "small"
+    cfg = texts["Classifier-free guidance"]
+    assert "purple triangle at the top" in cfg and "at 4 it turns red" in cfg and "at 8 yellow" in cfg
+    assert [seen("a purple triangle at the top", guidance=g)[:3] for g in (1, 2, 4, 8)] == [
+        ("purple", "triangle", "top"), ("purple", "triangle", "top"), ("red", "triangle", "top"),
+        ("yellow", "triangle", "top")]
+    img2img = texts["Image to image"]
+    assert "comes out orange" in img2img and "at 0.3 it stays yellow, at 0.9 it turns purple" in img2img
+    start = Image.open(EXAMPLES_DIR / "big_yellow_triangle_at_the_top.png")
+    assert [seen("a big purple triangle at the top", seed=0, init=start, strength=s)[0] for s in (0.3, 0.6, 0.9)] == [
+        "yellow", "orange", "purple"]
