@@ -7,6 +7,7 @@ import io
 import math
 import re
 import time
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -29,6 +30,8 @@ from sdviz.pipeline import batching, vae
 from sdviz.pipeline.models import EMBEDDED, KNOWN_HUB_MODELS
 from sdviz.pipeline.sampler import denoise_batch, generate
 from sdviz.pipeline.settings import RunSettings, check_settings
+from sdviz.toy import model as toy_model
+from sdviz.toy import world
 
 MISSING_MODEL = "nobody/no-such-model"  # a hub id that cannot load offline
 
@@ -352,11 +355,6 @@ def test_the_plots_text_says_what_the_plotted_spread_of_x_t_did(tiny_model, sche
 def test_prompt_examples_offer_two_shape_scenes_only_to_a_model_that_reads_them(tiny_model):
     """The tiny test model's tokenizer has the one-shape words only; a model trained on pairs gets pair prompts too,
     every word of them one token, and one held-out pair (never seen together in training)."""
-    from types import SimpleNamespace
-
-    from sdviz.toy import model as toy_model
-    from sdviz.toy import world
-
     one_shape = components.prompt_examples(tiny_model)
     assert one_shape == components.prompt_examples() and not any(" of " in p or " and " in p for p in one_shape)
     pairs_tokenizer = toy_model.build_tokenizer(world.PAIR_VOCABULARY, max_length=24)

@@ -288,10 +288,9 @@ def generate(model, settings: RunSettings, init_image: InitImage | None = None,
 def generate_batch(model, settings: Sequence[RunSettings], batch_size: int = 16) -> list[Trace]:
     """Run several text-to-image requests to the end, ``batch_size`` at a time through one U-Net batch (the
     evaluation's many seeds). Each picture equals its lone run's within 1/255 (tests/test_batching.py)."""
-    starts = [prepare(model, s) for s in settings]
     traces: list[Trace] = []
-    for first in range(0, len(starts), batch_size):
-        chunk = starts[first : first + batch_size]
+    for first in range(0, len(settings), batch_size):
+        chunk = [prepare(model, s) for s in settings[first : first + batch_size]]
         groups: dict[tuple, list[int]] = {}
         for j, start in enumerate(chunk):  # requests that cannot share a loop run in loops of their own
             groups.setdefault(start.schedule_key, []).append(j)

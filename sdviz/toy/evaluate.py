@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,6 +317,17 @@ LABEL = 46
 
 def save_prompt_grid(judgements: list[Judgement], path: Path, columns: int) -> Path:
     """One tile per judgement: the picture, what was asked, and what the judge saw (green: right)."""
+    def label(j: Judgement) -> tuple[str, str, str, str]:
+        p = j.prompt
+        return (f"{p.size or ''} {p.colour} {p.shape}".strip(), world.POSITIONS[p.position][0], _seen(j),
+                _mark_colour(j))
+
+    return _save_tiles(judgements, label, path, columns)
+
+
+def _save_tiles(judgements: list, label: Callable, path: Path, columns: int) -> Path:
+    """The pictures in a grid of ``columns``, each with three lines under it: ``label(j)`` gives two lines of what
+    was asked, then what the judge saw and its colour."""
     font = ImageFont.load_default(size=11)
     rows = math.ceil(len(judgements) / columns)
     grid = Image.new("RGB", (columns * (TILE + GAP), rows * (TILE + LABEL)), "white")
@@ -323,10 +335,10 @@ def save_prompt_grid(judgements: list[Judgement], path: Path, columns: int) -> P
     for i, j in enumerate(judgements):
         x, y = (i % columns) * (TILE + GAP), (i // columns) * (TILE + LABEL)
         grid.paste(j.image.resize((TILE, TILE), Image.Resampling.NEAREST), (x, y))
-        p = j.prompt
-        pen.text((x + 3, y + TILE + 2), f"{p.size or ''} {p.colour} {p.shape}".strip(), fill="black", font=font)
-        pen.text((x + 3, y + TILE + 15), world.POSITIONS[p.position][0], fill="black", font=font)
-        pen.text((x + 3, y + TILE + 29), _seen(j), fill=_mark_colour(j), font=font)
+        asked, asked_more, seen, mark = label(j)
+        pen.text((x + 3, y + TILE + 2), asked, fill="black", font=font)
+        pen.text((x + 3, y + TILE + 15), asked_more, fill="black", font=font)
+        pen.text((x + 3, y + TILE + 29), seen, fill=mark, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
@@ -357,25 +369,16 @@ def save_guidance_grid(by_scale: dict[float, list[Judgement]], path: Path) -> Pa
 
 def save_pair_grid(judgements: list[PairJudgement], path: Path, columns: int) -> Path:
     """One tile per two-shape judgement: the picture, the caption, and what the judge saw (green: all right)."""
-    font = ImageFont.load_default(size=11)
-    rows = math.ceil(len(judgements) / columns)
-    grid = Image.new("RGB", (columns * (TILE + GAP), rows * (TILE + LABEL)), "white")
-    pen = ImageDraw.Draw(grid)
-    for i, j in enumerate(judgements):
-        x, y = (i % columns) * (TILE + GAP), (i // columns) * (TILE + LABEL)
-        grid.paste(j.image.resize((TILE, TILE), Image.Resampling.NEAREST), (x, y))
+    def label(j: PairJudgement) -> tuple[str, str, str, str]:
         (c1, s1), (c2, s2) = j.prompt.first, j.prompt.second
-        pen.text((x + 3, y + TILE + 2), f"{c1} {s1} {world.RELATIONS[j.prompt.relation]}", fill="black", font=font)
-        pen.text((x + 3, y + TILE + 15), f"{c2} {s2}", fill="black", font=font)
         if not j.verdict.found:
             seen, mark = (j.verdict.problems or ("not two clear shapes",))[0].split(" (")[0], "darkorange"
         else:
             seen = " + ".join(f"{v.colour} {v.shape}" for v in j.verdict.shapes)
             mark = "green" if all(j.correct.values()) else "red"
-        pen.text((x + 3, y + TILE + 29), seen[:24], fill=mark, font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+        return f"{c1} {s1} {world.RELATIONS[j.prompt.relation]}", f"{c2} {s2}", seen[:24], mark
+
+    return _save_tiles(judgements, label, path, columns)
 
 
 def _seen(j: Judgement) -> str:
