@@ -1,11 +1,14 @@
-"""The app in its own process, for the benchmarks: started as `python app.py` would, then driven by gradio_client.
+"""The app in its own process, for the benchmarks: started as `python app.py` would, then driven by gradio_client
+or by :class:`Browser` (the requests a browser's page makes, without gradio_client's polling threads).
 
-Shared by app_latency.py, load_test.py and soak.py (each stays runnable as `python benchmarks/X.py`).
+Shared by app_latency.py, classroom.py, load_test.py and soak.py (each stays runnable as `python benchmarks/X.py`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -60,13 +63,72 @@ def new_client(url: str):
 
 
 
-def all_at_once(url: str, users: int, one) -> tuple[list, float]:
+class Browser:
+    """One student's page, as its browser talks to the server: Gradio's own HTTP API (``POST /gradio_api/call/NAME``,
+    then the server-sent events of that call), one session per page. Unlike gradio_client it starts no threads of its
+    own and polls nothing: a waiting page costs no CPU, as a browser on another machine costs the server none (30
+    gradio_clients in one process on the server's two cores took a quarter of a core while they waited)."""
+
+    def __init__(self, url: str, config: dict | None = None) -> None:
+        self.session = secrets.token_hex(6)
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(1800, connect=60))
+        self.config = config if config is not None else self.http.get("/config").raise_for_status().json()
+
+    def open_page(self) -> None:
+        """What the page does when it opens: its load events, for this session (Gradio makes a session's state then,
+        about 30 ms of the server's event loop for this page of ~300 components, not at the first Generate)."""
+        for dep in self.config["dependencies"]:
+            if not (any(target[1] == "load" for target in dep["targets"]) and dep.get("backend_fn")):
+                continue
+            body = {"data": [None] * len(dep["inputs"]), "fn_index": dep["id"], "session_hash": self.session,
+                    "event_data": None, "trigger_id": None}
+            event = self.http.post("/gradio_api/queue/join", json=body).raise_for_status().json()["event_id"]
+            with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session}) as stream:
+                for line in stream.iter_lines():
+                    message = json.loads(line[5:]) if line.startswith("data:") else {}
+                    if message.get("event_id") == event and message.get("msg") == "process_completed":
+                        break
+
+    def call(self, api_name: str, data: list, on_update=None) -> list:
+        """Call a named endpoint; ``on_update(data)`` for each update streamed before the result. Raises
+        ``RuntimeError`` with the server's message when the call fails."""
+        event = self.http.post(f"/gradio_api/call/{api_name.strip('/')}", json={"data": data, "session_hash":
+                                                                                self.session})
+        event = event.raise_for_status().json()["event_id"]
+        kind = None
+        with self.http.stream("GET", f"/gradio_api/call/{api_name.strip('/')}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind in ("generating", "complete", "error"):
+                    value = json.loads(line[5:])
+                    if kind == "error":
+                        raise RuntimeError(f"the app answered with an error: {value}")
+                    if kind == "complete":
+                        return value
+                    if on_update is not None:
+                        on_update(value)
+        raise RuntimeError("the event stream ended without a result")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def all_at_once(url: str, users: int, one, browsers: bool = False) -> tuple[list, float]:
     """``users`` clients (one browser session each) call ``one(client, i)`` at the same moment, from threads; returns
-    their results in order and the wall seconds from that moment (the clients are made before it, closed after)."""
+    their results in order and the wall seconds from that moment (the clients are made before it, closed after).
+    ``browsers``: :class:`Browser` clients, each page opened first (as a class opens the page before pressing
+    Generate); else gradio_client's."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    clients = [new_client(url) for _ in range(users)]
+    if browsers:
+        config = httpx.get(url.rstrip("/") + "/config", timeout=60).raise_for_status().json()
+        clients = [Browser(url, config) for _ in range(users)]
+        for client in clients:
+            client.open_page()
+    else:
+        clients = [new_client(url) for _ in range(users)]
     barrier = threading.Barrier(users)
 
     def start(i: int):

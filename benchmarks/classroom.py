@@ -6,6 +6,11 @@ Two servers run side by side on the same model, each in its own process as `pyth
 - one by one: SDVIZ_BATCH=1 SDVIZ_CONCURRENCY=1, how the app served a class before batching (each run its own loop,
   one at a time).
 
+Each user is a page (benchmarks/_server.Browser): opened first, as a class opens the page before pressing Generate,
+then its Generate is a call of the app's HTTP API whose updates stream in as they are sent (no polling), the way a
+browser gets them. Browsers run on the students' own machines; 30 gradio_clients polling on the server's two cores
+took a quarter of a core from it (``--client gradio`` measures that way, as the figures before 2026-12-02 did).
+
 Measured, in one run of this script:
 1. a lone user (one client, distinct seeds, alternating between the servers, --lone runs each): the median time
    from pressing Generate to the final picture, and to the first live frame;
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _server import all_at_once, free_port, new_client, start_server
+from _server import Browser, all_at_once, free_port, new_client, start_server
 from PIL import Image
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -49,6 +54,8 @@ def prompt(i: int) -> str:
 
 def timed_run(client, text: str, seed: int, guidance: float, steps: int) -> dict:
     """One Generate: seconds to the first live frame ("Step ..." status) and to the final picture."""
+    if isinstance(client, Browser):
+        return browser_run(client, text, seed, guidance, steps)
     started = time.perf_counter()
     job = client.submit(text, "", steps, guidance, seed, "default", api_name="/txt2img")
     first = None
@@ -64,20 +71,44 @@ def timed_run(client, text: str, seed: int, guidance: float, steps: int) -> dict
             "live_frames": sum(str(o[1]).startswith("Step") for o in job.outputs())}
 
 
+def browser_run(browser: Browser, text: str, seed: int, guidance: float, steps: int) -> dict:
+    """timed_run for a :class:`Browser`: each update is timed as it arrives (no polling)."""
+    started = time.perf_counter()
+    frames: list[float] = []
+
+    def on_update(data: list) -> None:
+        if str(data[1]).startswith("Step"):
+            frames.append(time.perf_counter() - started)
+
+    result = browser.call("/txt2img", [text, "", steps, guidance, seed, "default"], on_update)
+    total = time.perf_counter() - started
+    return {"first_frame_s": frames[0] if frames else total, "total_s": total, "status": str(result[1]),
+            "picture_url": result[0]["url"], "live_frames": len(frames)}
+
+
+def new_page(url: str, browsers: bool):
+    """One user's client: an opened :class:`Browser` page, or gradio_client's."""
+    if not browsers:
+        return new_client(url)
+    page = Browser(url)
+    page.open_page()
+    return page
+
+
 def fetch(url: str) -> np.ndarray:
     response = httpx.get(url, timeout=60)
     response.raise_for_status()
     return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=int)
 
 
-def burst(url: str, requests: list[tuple[str, int, float]], steps: int) -> tuple[list[dict], float]:
+def burst(url: str, requests: list[tuple[str, int, float]], steps: int, browsers: bool) -> tuple[list[dict], float]:
     def one(client, i: int) -> dict:
         try:
             return timed_run(client, *requests[i], steps)
         except Exception as err:  # counted, not raised
             return {"error": f"user {i}: {type(err).__name__}: {err}"}
 
-    return all_at_once(url, len(requests), one)
+    return all_at_once(url, len(requests), one, browsers)
 
 
 def main() -> None:
@@ -88,6 +119,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--lone", type=int, default=7, help="lone runs on each server")
+    parser.add_argument("--client", choices=["browser", "gradio"], default="browser",
+                        help="browser (default): each user a page speaking Gradio's HTTP API with no polling, opened "
+                             "before the burst; gradio: gradio_client (its threads poll, on the server's cores)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--batched-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the batched server only, e.g. OMP_NUM_THREADS=1")
@@ -101,9 +135,10 @@ def main() -> None:
     servers = {name: start_server(args.model, port, temp, env[name]) for name, port in ports.items()}
     urls = {name: f"http://127.0.0.1:{port}/" for name, port in ports.items()}
     report: dict = {"model": args.model, "users": args.users, "steps": args.steps, "guidance": args.guidance,
-                    "batched_env": report_env}
+                    "batched_env": report_env, "client": args.client}
+    browsers = args.client == "browser"
     try:
-        lone_client = {name: new_client(url) for name, url in urls.items()}
+        lone_client = {name: new_page(url, browsers) for name, url in urls.items()}
         for name in urls:  # warm up: first runs pay for lazy set-up
             timed_run(lone_client[name], "a red circle", 999_000, args.guidance, args.steps)
         lone: dict[str, list[dict]] = {name: [] for name in urls}
@@ -120,7 +155,7 @@ def main() -> None:
 
         requests = [(prompt(i), 1000 + i, [args.guidance, 1.0, 4.0, 7.5][i % 4]) for i in range(args.users)]
         for name in ("batched", "one_by_one"):
-            results, wall = burst(urls[name], requests, args.steps)
+            results, wall = burst(urls[name], requests, args.steps, browsers)
             errors = [r["error"] for r in results if "error" in r]
             done = [r for r in results if "error" not in r]
             report[name] = {
@@ -152,7 +187,7 @@ def main() -> None:
               f"{report['pictures_identical']}/{len(diffs)} identical", flush=True)
 
         same = [(prompt(0), 424242, args.guidance)] * args.same
-        results, wall = burst(urls["batched"], same, args.steps)
+        results, wall = burst(urls["batched"], same, args.steps, browsers)
         again = timed_run(lone_client["batched"], *same[0], args.steps)
         report["same_example"] = {"users": args.same, "wall_s": wall,
                                   "errors": [r["error"] for r in results if "error" in r],

@@ -293,6 +293,43 @@ def test_live_frames_show_real_decodes_of_that_steps_latents(app, tiny_model):
         assert "real VAE decodes" in status
 
 
+def test_users_in_one_batch_get_their_first_frame_from_one_decode_of_the_whole_batch(tiny_model_dir, panel_and_states,
+                                                                                   monkeypatch):
+    """Two users press together: the batch decodes both first steps in one VAE call, and each live frame shows its
+    own run's x_t and predicted x0 (within 1/255 of decoding them alone)."""
+    import threading
+
+    calls = []
+    real = batching.vae.decode_batch_to_pil
+    monkeypatch.setattr(batching.vae, "decode_batch_to_pil", lambda model, latents: calls.append(len(latents)) or
+                        real(model, latents))
+    panel = panel_and_states[0]
+    requests = [RunSettings(prompt=p, steps=6, guidance_scale=3.0, seed=s, scheduler="euler")
+                for p, s in (("a red circle", 1), ("a blue square", 2))]
+    runs = [playground.PanelRun(model=str(tiny_model_dir), expected_steps=6) for _ in requests]
+    updates: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def user(i):
+        barrier.wait()
+        updates[i] = list(playground.live_run(*panel_and_states, str(tiny_model_dir), requests[i], run=runs[i]))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert 4 in calls  # the batch of two: x_t and x0 of both first steps, one call
+    model = load_for_app(str(tiny_model_dir))
+    for run, events in zip(runs, updates, strict=True):
+        first = next(u for u in events if str(u.get(panel.status, "")).startswith("Step **1 /"))
+        x_t, x0, _ = data_pictures(first[panel.live])
+        record = run.steps[0]
+        for shown, latents in ((x_t, record.x_t), (x0, record.pred_x0)):
+            alone = np.asarray(vae.decode_to_pil(model, latents).convert("RGB"), dtype=int)
+            assert np.abs(shown.astype(int) - alone).max() <= 1
+
+
 def test_slow_motion_shows_every_step(tiny_model_dir, panel_and_states):
     panel = panel_and_states[0]
     settings = RunSettings(prompt="a red circle", steps=20, guidance_scale=5.0, scheduler="ddim")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sdviz.errors import SdvizError
-from sdviz.pipeline import batching
+from sdviz.pipeline import batching, vae
 from sdviz.pipeline.batching import Batcher
 from sdviz.pipeline.sampler import denoise_batch, generate, generate_batch, prepare
 from sdviz.pipeline.settings import RunSettings
@@ -108,7 +108,8 @@ def test_users_pressing_together_share_batches_and_get_their_own_pictures(tiny_m
         assert max_difference(trace.image, generate(tiny_model, settings).image) <= 1
 
 
-def test_a_young_lone_run_starts_again_inside_the_batch_of_a_class_arriving_just_after_it(tiny_model):
+def test_a_young_lone_run_starts_again_inside_the_batch_of_a_class_arriving_just_after_it(tiny_model, monkeypatch):
+    monkeypatch.setattr(batching, "REJOIN_S", 30.0)  # "young" on any machine: the test sleeps and steps in between
     b = batcher_for(tiny_model, gather_s=0.05)
     first = settings_for(0, scheduler="euler", steps=8)
     ticket = b.submit("tiny", first)
@@ -133,6 +134,57 @@ def test_a_young_lone_run_starts_again_inside_the_batch_of_a_class_arriving_just
     assert max_difference(rest[-1].image, generate(tiny_model, first).image) <= 1
     for i in range(3):
         assert max_difference(results[i][-1].image, generate(tiny_model, others[i]).image) <= 1
+
+
+def test_a_lone_run_too_old_to_start_again_finishes_alone_first(tiny_model, monkeypatch):
+    monkeypatch.setattr(batching, "REJOIN_S", 0.0)
+    b = batcher_for(tiny_model, gather_s=0.05)
+    items = iter(b.submit("tiny", settings_for(0, scheduler="euler", steps=8)))
+    next(items)
+    other = threading.Thread(target=lambda: run_all(b.submit("tiny", settings_for(1, scheduler="euler", steps=8))))
+    other.start()
+    time.sleep(0.2)
+    rest = list(items)
+    other.join(60)
+    assert b.rejoined == 0 and len(rest) == 8 and list(b.batches) == [1, 1]
+
+
+def test_a_class_batch_decodes_its_first_step_for_everyone_in_one_call(tiny_model):
+    b = batcher_for(tiny_model, gather_s=0.2, first_decodes=lambda model: True)
+    requests = [settings_for(i, scheduler="euler") for i in range(3)]
+
+    def user(i):
+        ticket = b.submit("tiny", requests[i])
+        return ticket, run_all(ticket)
+
+    results = in_threads(user, 3)
+    assert max(b.batches) == 3
+    for ticket, items in results:
+        assert sorted(ticket.decoded) == [(0, "x0"), (0, "x_t")]  # the first step only
+        first = items[0]
+        for kind, latents in (("x_t", first.x_t), ("x0", first.pred_x0)):
+            alone = vae.decode_to_pil(tiny_model, latents)  # what the user's page would decode by itself
+            assert ticket.decoded[(0, kind)].size == alone.size
+            assert max_difference(ticket.decoded[(0, kind)], alone) <= 1
+    lone = b.submit("tiny", settings_for(0, seed=99))
+    run_all(lone)
+    assert lone.decoded == {}  # a lone run decodes its own steps, as without batching
+
+
+def test_after_its_first_step_a_class_batch_waits_for_every_user_to_show_it(tiny_model, monkeypatch):
+    monkeypatch.setattr(batching, "FIRST_FRAMES_WAIT_S", 5.0)
+    b = batcher_for(tiny_model, gather_s=0.2)
+    slow, quick = (b.submit("tiny", settings_for(i, scheduler="euler", steps=6)) for i in (0, 1))
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(quick))
+    slow_items = iter(slow)
+    reader.start()
+    first = next(slow_items)  # the slow user's page is drawing its first step ...
+    time.sleep(0.5)
+    assert first.index == 0 and len(seen) == 1  # ... and the batch waits for it: the quick user has step 1 only
+    rest = list(slow_items)
+    reader.join(60)
+    assert isinstance(rest[-1], Trace) and isinstance(seen[-1], Trace) and len(seen) == 7
 
 
 def test_a_lone_request_starts_at_once_and_runs_alone(tiny_model):

@@ -36,7 +36,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from sdviz.app import hosting, services, texts
+from sdviz.app import hosting, memory, services, texts
 from sdviz.app.components import (
     DEFAULT_SCHEDULER,
     GenerateControls,
@@ -261,14 +261,15 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
         gr.Warning(warning)
     expected = expected_steps(settings, img2img)
     run = run if run is not None else PanelRun(model=model.name, expected_steps=expected)
-    yield {
-        final: None, panel.animation: None, panel.plot: None,  # nothing of the previous run stays on screen
-        panel.live: live_html({}, services.decodes_are_cheap(model)),
-        panel.status: f"{note}Starting: {expected} steps on **{model_label(model.name)}**…",
-        panel.step: gr.Slider(minimum=1, maximum=max(expected, 2), value=1, interactive=False),
-    }
-    steps = services.RunStream(model_name, settings, init_image)  # batched with other users' runs where it can be
+    # Joins the other users' runs at once (batched where it can be), while the page shows that it is starting.
+    steps = services.RunStream(model_name, settings, init_image)
     try:
+        yield {
+            final: None, panel.animation: None, panel.plot: None,  # nothing of the previous run stays on screen
+            panel.live: live_html({}, services.decodes_are_cheap(model)),
+            panel.status: f"{note}Starting: {expected} steps on **{model_label(model.name)}**…",
+            panel.step: gr.Slider(minimum=1, maximum=max(expected, 2), value=1, interactive=False),
+        }
         yield from _stream_steps(panel, model, run, steps, expected, note, slow)
     except GeneratorExit:
         raise  # closed by Gradio (Stop, or the tab closed): the finally below records it
@@ -278,6 +279,7 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
     finally:
         steps.close()  # ends the loop here (it may be mid-run)
         run.end(STOPPED)  # unless it already ended as DONE or FAILED
+        memory.trim_freed_memory()  # the run's freed blocks back to the system (at most every few seconds)
     if run.outcome == STOPPED:
         if current():
             yield _stopped_view(panel, model, run)
@@ -313,6 +315,8 @@ def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: services
             run.finish(item)
             return
         run.steps.append(item)
+        for key, picture in steps.decoded(item.index):  # a class's first step, decoded for all in one call
+            run.decodes.put(key, picture)
         if run.stop_requested.is_set():
             return  # Stop: the loop ends at this step
         update_started = time.perf_counter()

@@ -194,6 +194,13 @@ class RunStream:
     def batch_size(self) -> int:
         return self.ticket.batch_size if self.ticket is not None else 1
 
+    def decoded(self, index: int) -> list[tuple[tuple[int, str], Image.Image]]:
+        """VAE decodes of step ``index`` already made by the batch for this run (its first step, in a class's batch):
+        ((index, "x_t" or "x0"), picture) pairs, handed over once."""
+        if self.ticket is None:
+            return []
+        return [(key, self.ticket.decoded.pop(key)) for key in list(self.ticket.decoded) if key[0] == index]
+
     def close(self) -> None:
         if self.ticket is not None:
             self.ticket.stop()
@@ -204,7 +211,7 @@ class RunStream:
 def batcher() -> Batcher:
     """The process's one :class:`~sdviz.pipeline.batching.Batcher`: every playground run on this server goes through
     it, so the runs of users who press Generate together share the loop."""
-    return Batcher(load_model, hosting.batch_size, cache_mb=hosting.run_cache_mb())
+    return Batcher(load_model, hosting.batch_size, cache_mb=hosting.run_cache_mb(), first_decodes=decodes_are_cheap)
 
 
 @hosting.gpu(duration=hosting.QUICK_SECONDS)
