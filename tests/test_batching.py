@@ -285,3 +285,21 @@ def test_a_lone_run_does_not_start_again_for_requests_it_cannot_share_a_loop_wit
         t.join(60)
     assert b.rejoined == 0 and isinstance(rest[-1], Trace) and len(rest) == 8
     assert all(isinstance(results[i][-1], Trace) for i in range(3))
+
+
+def test_after_a_class_batch_new_threads_start_on_the_processs_own_thread_count(tiny_model):
+    """A batch of several users steps on every core, but torch starts a new thread on the latest count set: a thread
+    started afterwards (a teaching tab's, a lone run's) must get the process's count, as the CLI uses."""
+    import torch
+
+    from sdviz.pipeline.models import use_cpu_threads
+
+    own = use_cpu_threads(tiny_model)
+    b = batcher_for(tiny_model, gather_s=0.2)
+    in_threads(lambda i: run_all(b.submit("tiny", settings_for(i, scheduler="euler"))), 3)
+    assert max(b.batches) == 3
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [own]
