@@ -92,11 +92,10 @@ class Browser:
     def call(self, api_name: str, data: list, on_update=None) -> list:
         """Call a named endpoint; ``on_update(data)`` for each update streamed before the result. Raises
         ``RuntimeError`` with the server's message when the call fails."""
-        event = self.http.post(f"/gradio_api/call/{api_name.strip('/')}", json={"data": data, "session_hash":
-                                                                                self.session})
-        event = event.raise_for_status().json()["event_id"]
+        path = f"/gradio_api/call/{api_name.strip('/')}"
+        event = self.http.post(path, json={"data": data, "session_hash": self.session}).raise_for_status()
         kind = None
-        with self.http.stream("GET", f"/gradio_api/call/{api_name.strip('/')}/{event}") as stream:
+        with self.http.stream("GET", f"{path}/{event.json()['event_id']}") as stream:
             for line in stream.iter_lines():
                 if line.startswith("event:"):
                     kind = line[6:].strip()
@@ -114,6 +113,13 @@ class Browser:
         self.http.close()
 
 
+def opened_page(url: str, config: dict | None = None) -> Browser:
+    """A :class:`Browser` whose page has opened (its load events have run)."""
+    page = Browser(url, config)
+    page.open_page()
+    return page
+
+
 def all_at_once(url: str, users: int, one, browsers: bool = False) -> tuple[list, float]:
     """``users`` clients (one browser session each) call ``one(client, i)`` at the same moment, from threads; returns
     their results in order and the wall seconds from that moment (the clients are made before it, closed after).
@@ -124,9 +130,7 @@ def all_at_once(url: str, users: int, one, browsers: bool = False) -> tuple[list
 
     if browsers:
         config = httpx.get(url.rstrip("/") + "/config", timeout=60).raise_for_status().json()
-        clients = [Browser(url, config) for _ in range(users)]
-        for client in clients:
-            client.open_page()
+        clients = [opened_page(url, config) for _ in range(users)]
     else:
         clients = [new_client(url) for _ in range(users)]
     barrier = threading.Barrier(users)

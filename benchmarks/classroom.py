@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _server import Browser, all_at_once, free_port, new_client, start_server
+from _server import Browser, all_at_once, free_port, new_client, opened_page, start_server
 from PIL import Image
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -88,11 +88,7 @@ def browser_run(browser: Browser, text: str, seed: int, guidance: float, steps: 
 
 def new_page(url: str, browsers: bool):
     """One user's client: an opened :class:`Browser` page, or gradio_client's."""
-    if not browsers:
-        return new_client(url)
-    page = Browser(url)
-    page.open_page()
-    return page
+    return opened_page(url) if browsers else new_client(url)
 
 
 def fetch(url: str) -> np.ndarray:

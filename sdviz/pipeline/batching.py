@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from sdviz.pipeline import vae
-from sdviz.pipeline.models import compute_lock, use_batch_threads, use_cpu_threads
+from sdviz.pipeline.models import batch_threads, compute_lock
 from sdviz.pipeline.sampler import InitImage, Start, denoise_batch, prepare
 from sdviz.pipeline.settings import RunSettings
 from sdviz.pipeline.trace import StepRecord, Trace
@@ -276,17 +276,13 @@ class Batcher:
                 return
             if self._rejoin(batch):
                 return
-            with compute_lock:  # one piece of torch work at a time (see models.compute_lock)
-                use_batch_threads(batch.model, len(batch.requests))
-                try:
-                    items = next(batch.loop)
-                    decoded = self._decode_first(batch, items)
-                finally:  # torch starts a new thread on the latest count set: leave the process's own
-                    use_cpu_threads(batch.model)
+            with compute_lock, batch_threads(batch.model, len(batch.requests)):  # see models.compute_lock
+                items = next(batch.loop)
+                decoded = self._decode_first(batch, items)
             batch.steps_done += 1
             with self._lock:
                 for request, pictures in zip(batch.requests, decoded, strict=False):
-                    for ticket in request.tickets:
+                    for ticket in request.live():
                         ticket.decoded.update(pictures)
                 for request, item in zip(batch.requests, items, strict=True):
                     for ticket in request.live():

@@ -7,10 +7,12 @@ each run builds its own scheduler (:mod:`sdviz.pipeline.schedulers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,16 +187,24 @@ class FairLock:
 compute_lock = FairLock()
 
 
-def use_batch_threads(model: Model, batch: int) -> int:
-    """Threads for one step of a batch of ``batch`` runs: a lone run keeps :func:`use_cpu_threads`' count (the CLI's:
-    the same pixels); several runs together make operations big enough for every core (measured on 2 cores, a class
-    of 30 with the embedded model: see docs/reliability.md)."""
-    threads = use_cpu_threads(model)
+@contextlib.contextmanager
+def batch_threads(model: Model, batch: int) -> Iterator[int]:
+    """Threads for one step of a batch of ``batch`` runs, then back to :func:`use_cpu_threads`' count: a lone run
+    keeps that count (the CLI's: the same pixels); several runs together make operations big enough for every core
+    (measured on 2 cores, a class of 30 with the embedded model: see docs/reliability.md). Back afterwards because
+    torch starts a new thread on the latest count set: a teaching tab's thread started after a class's batch would
+    otherwise run on every core and lose the CLI's exact pixels."""
+    own = use_cpu_threads(model)
+    threads = own
     if batch > 1 and model.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         threads = max(threads, _DEFAULT_THREADS)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return threads
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != own:
+            torch.set_num_threads(own)
 
 
 MAX_MODELS_ENV = "SDVIZ_MAX_MODELS"
