@@ -6,13 +6,14 @@ GRADIO_SERVER_PORT; the model allow-list (SDVIZ_MODELS) and the limits (SDVIZ_CO
 SDVIZ_MAX_SESSIONS) come from the environment: see docs/deploying.md.
 """
 
-from sdviz.app.memory import return_freed_memory
+from sdviz.app.memory import freeze_startup_objects, return_freed_memory
 
 return_freed_memory()  # first, before torch and Gradio: memory stays flat over hundreds of runs (docs/reliability.md)
 
 from sdviz.app.layout import build_demo, launch_kwargs  # noqa: E402 (after the call above, on purpose)
 
 demo = build_demo()
+freeze_startup_objects()  # the page and the model stay for good: full garbage collections need not walk them
 
 if __name__ == "__main__":
     demo.launch(**launch_kwargs())

@@ -22,10 +22,11 @@ sys.path.insert(0, str(ROOT))  # the scripts import sdviz from this checkout
 
 SERVER = """
 import sys
-from sdviz.app.memory import return_freed_memory
+from sdviz.app.memory import freeze_startup_objects, return_freed_memory
 return_freed_memory()  # first, as app.py does
 from sdviz.app.layout import build_demo, launch_kwargs
 demo = build_demo([sys.argv[1]])
+freeze_startup_objects()  # as app.py does
 demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True, **launch_kwargs())
 """
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdviz.errors import SdvizError
@@ -149,7 +150,7 @@ def test_a_lone_run_too_old_to_start_again_finishes_alone_first(tiny_model, monk
     assert b.rejoined == 0 and len(rest) == 8 and list(b.batches) == [1, 1]
 
 
-def test_a_class_batch_decodes_its_first_step_for_everyone_in_one_call(tiny_model):
+def test_a_class_batch_decodes_its_first_step_for_everyone_at_once(tiny_model):
     b = batcher_for(tiny_model, gather_s=0.2, first_decodes=lambda model: True)
     requests = [settings_for(i, scheduler="euler") for i in range(3)]
 
@@ -169,6 +170,21 @@ def test_a_class_batch_decodes_its_first_step_for_everyone_in_one_call(tiny_mode
     lone = b.submit("tiny", settings_for(0, seed=99))
     run_all(lone)
     assert lone.decoded == {}  # a lone run decodes its own steps, as without batching
+
+
+def test_a_batch_of_decodes_goes_a_few_pictures_per_call_in_order(tiny_model, monkeypatch):
+    latents = torch.randn(7, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    whole = vae.decode_batch_to_pil(tiny_model, latents)  # the tiny model's 7 pictures fit one call
+    calls = []
+    real = tiny_model.vae.decode
+    monkeypatch.setattr(tiny_model.vae, "decode", lambda z, **kw: calls.append(len(z)) or real(z, **kw))
+    widest = max(tiny_model.vae.config.block_out_channels) * (4 * tiny_model.vae_scale_factor) ** 2 * 4
+    monkeypatch.setattr(vae, "DECODE_CALL_BYTES", 3 * widest)
+    parts = vae.decode_batch_to_pil(tiny_model, latents)
+    assert calls == [3, 3, 1]
+    assert len(parts) == 7 and all(max_difference(a, b) <= 1 for a, b in zip(parts, whole, strict=True))
+    alone = [vae.decode_to_pil(tiny_model, z) for z in latents]
+    assert all(max_difference(a, b) <= 1 for a, b in zip(parts, alone, strict=True))
 
 
 def test_after_its_first_step_a_class_batch_waits_for_every_user_to_show_it(tiny_model, monkeypatch):

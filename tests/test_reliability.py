@@ -608,6 +608,41 @@ def test_concurrent_calls_of_the_loop_share_no_state(tiny_model):
     assert all(torch.equal(alone, r) for r in results)
 
 
+def test_live_frames_are_drawn_one_at_a_time_the_earliest_run_first():
+    """Thirty users' first frames are drawn in turn (drawn at once they fight for Python's global lock), those of
+    the runs that started first before the others'."""
+    turns = playground._InTurn()
+    order, inside = [], []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with turns.turn(0.0):
+            holding.set()
+            release.wait(10)
+
+    def draw(key):
+        with turns.turn(key):
+            inside.append(key)
+            time.sleep(0.01)
+            order.append((key, len(inside)))
+            inside.remove(key)
+
+    threads = [threading.Thread(target=hold)] + [threading.Thread(target=draw, args=(k,)) for k in (3.0, 1.0, 2.0)]
+    threads[0].start()
+    holding.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(turns._waiting) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == [(1.0, 1), (2.0, 1), (3.0, 1)]  # by start time, one at a time
+    with turns.turn(5.0):  # free again: taken at once
+        pass
+
+
 # --- In a real browser (skips without Debian's Chromium) -------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -728,3 +763,30 @@ def test_the_run_cache_size_comes_from_the_environment():
     assert hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "64"}) == 64
     with pytest.raises(SdvizError, match="SDVIZ_RUN_CACHE_MB"):
         hosting.run_cache_mb({"SDVIZ_RUN_CACHE_MB": "lots"})
+
+
+FROZEN_AT_START = """
+import gc, weakref
+from sdviz.app import memory
+class Cycle:
+    pass
+garbage = Cycle()
+garbage.me = garbage  # garbage in a reference cycle: collected first, not frozen for good
+gone = weakref.ref(garbage)
+del garbage
+kept = [Cycle() for _ in range(1000)]
+frozen = memory.freeze_startup_objects()
+print(frozen == gc.get_freeze_count() and frozen > 1000, gone() is None,
+      sum(isinstance(o, Cycle) for o in gc.get_objects()))
+"""
+
+
+def test_startup_objects_are_frozen_out_of_full_garbage_collections():
+    """The interpreter's own view (gc.get_objects lists only what the collector still walks) is the oracle, in a fresh
+    process like a server's: after the call the startup objects are frozen, and the garbage made before was collected."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FROZEN_AT_START], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    assert out == ["True", "True", "0"]  # frozen, the garbage collected, the kept ones no longer walked
+    assert "freeze_startup_objects()" in (Path(__file__).resolve().parent.parent / "app.py").read_text()

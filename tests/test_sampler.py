@@ -136,3 +136,45 @@ def test_trace_arrays_have_the_documented_shapes(tiny_model):
     for name in ("noise_uncond", "noise_text", "noise_guided", "pred_x0"):
         assert arrays[name].shape == (n, 4, 16, 16)
     np.testing.assert_allclose(arrays["latents"][-1], trace.final_latents.numpy())
+
+
+@pytest.mark.parametrize("scheduler", [None, *SCHEDULERS])
+def test_each_run_gets_its_own_scheduler_as_from_config_builds_it(tiny_model, scheduler):
+    """make_scheduler copies one built once: the copy is from_config's scheduler, and no two runs share one."""
+    cls = SCHEDULERS.get(scheduler, type(tiny_model.pipe.scheduler))
+    built = cls.from_config(tiny_model.scheduler_config)
+    first, second = make_scheduler(tiny_model, scheduler), make_scheduler(tiny_model, scheduler)
+    assert type(first) is cls and first is not second
+    expected = dict(built.config)  # with the two legacy fixes StableDiffusionPipeline makes
+    if expected.get("steps_offset", 1) != 1:
+        expected["steps_offset"] = 1
+    if expected.get("clip_sample") is True:
+        expected["clip_sample"] = False
+    assert dict(first.config) == expected
+    assert torch.equal(first.alphas_cumprod, built.alphas_cumprod)
+    first.set_timesteps(7)
+    assert first.num_inference_steps == 7 and second.num_inference_steps is None
+    assert make_scheduler(tiny_model, scheduler).num_inference_steps is None  # the kept one stays unused
+
+
+def test_a_replaced_model_scheduler_is_the_one_copied(tiny_model):
+    original = tiny_model.pipe.scheduler
+    try:
+        tiny_model.pipe.scheduler = SCHEDULERS["euler"].from_config(original.config, timestep_spacing="trailing")
+        assert make_scheduler(tiny_model).config.timestep_spacing == "trailing"
+    finally:
+        tiny_model.pipe.scheduler = original
+    assert type(make_scheduler(tiny_model)) is type(original)
+
+
+def test_kept_text_embeddings_are_the_encoders_own_and_bounded(tiny_model):
+    from sdviz.pipeline import text
+
+    tokens = text.tokenize(tiny_model.tokenizer, "a green square at the top")
+    kept = text.embed(tiny_model, tokens)
+    assert text.embed(tiny_model, tokens) is kept  # the second time from the kept ones
+    assert torch.equal(kept, text._encode(tiny_model, tokens, None))
+    assert torch.equal(text.embed(tiny_model, tokens, layer=1), text._encode(tiny_model, tokens, 1))
+    for i in range(text.EMBEDDINGS_KEPT + 3):
+        text.embed(tiny_model, text.tokenize(tiny_model.tokenizer, f"prompt number {i}"))
+    assert len(tiny_model.derived["embeddings"][1]) == text.EMBEDDINGS_KEPT

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -48,12 +49,37 @@ def tokenize(tokenizer, text: str) -> Tokens:
     return Tokens(text=text, ids=ids, tokens=tokens, n_prompt_tokens=n, dropped_words=dropped)
 
 
-@torch.no_grad()
+EMBEDDINGS_KEPT = 32  # per model, the latest texts' embeddings (at most 32 x 77 x 1024 floats = 10 MB for SD 2)
+
+
 def embed(model, tokens: Tokens, layer: int | None = None) -> torch.Tensor:
     """CLIP's last hidden state for the tokens: one embedding vector per token, [1, max_length, dim].
 
     ``layer`` (Diffusion Lens, Toker et al. 2024): the hidden state after that encoder layer instead, through the
-    encoder's final layer norm as the last layer's is (so the last layer gives the usual embeddings exactly)."""
+    encoder's final layer norm as the last layer's is (so the last layer gives the usual embeddings exactly).
+
+    The latest texts' embeddings are kept (the same tensor is returned: do not change it in place): with guidance
+    every run also encodes its negative prompt, nearly always "", and a class encodes thirty prompts one after
+    another before its batch can start."""
+    key = (tuple(tokens.ids), tokens.n_prompt_tokens, layer)
+    with model.lock:
+        encoder, kept = model.derived.get("embeddings", (None, None))
+        if encoder is not model.text_encoder:  # first use, or the model's text encoder was replaced since
+            encoder, kept = model.text_encoder, OrderedDict()
+            model.derived["embeddings"] = (encoder, kept)
+        if key in kept:
+            kept.move_to_end(key)
+            return kept[key]
+    embeddings = _encode(model, tokens, layer)
+    with model.lock:
+        kept[key] = embeddings
+        while len(kept) > EMBEDDINGS_KEPT:
+            kept.popitem(last=False)
+    return embeddings
+
+
+@torch.no_grad()
+def _encode(model, tokens: Tokens, layer: int | None) -> torch.Tensor:
     ids = torch.tensor([tokens.ids], device=model.device)
     attention_mask = None  # like diffusers: CLIP checkpoints do not ask for a mask, so padding is attended to
     if getattr(model.text_encoder.config, "use_attention_mask", False):
