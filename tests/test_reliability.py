@@ -608,38 +608,44 @@ def test_concurrent_calls_of_the_loop_share_no_state(tiny_model):
     assert all(torch.equal(alone, r) for r in results)
 
 
-def test_live_frames_are_drawn_one_at_a_time_the_earliest_run_first():
-    """Thirty users' first frames are drawn in turn (drawn at once they fight for Python's global lock), those of
-    the runs that started first before the others'."""
-    turns = playground._InTurn()
+@pytest.mark.parametrize("keyed", [True, False])
+def test_the_fair_lock_serves_its_waiters_one_at_a_time_in_turn(keyed):
+    """Live frames are drawn in turn, those of the runs that started first before the others' (keyed: drawn at once,
+    thirty threads fight for Python's global lock); the torch work of the batch and the live views in the order it
+    came (compute_lock)."""
+    from sdviz.pipeline.models import FairLock
+
+    lock = FairLock()
     order, inside = [], []
     holding, release = threading.Event(), threading.Event()
 
     def hold():
-        with turns.turn(0.0):
+        with lock.turn(0.0) if keyed else lock:
             holding.set()
             release.wait(10)
 
-    def draw(key):
-        with turns.turn(key):
+    def work(key):
+        with lock.turn(key) if keyed else lock:
             inside.append(key)
             time.sleep(0.01)
             order.append((key, len(inside)))
             inside.remove(key)
 
-    threads = [threading.Thread(target=hold)] + [threading.Thread(target=draw, args=(k,)) for k in (3.0, 1.0, 2.0)]
+    threads = [threading.Thread(target=hold)]
     threads[0].start()
     holding.wait(10)
-    for thread in threads[1:]:
-        thread.start()
-    deadline = time.monotonic() + 10
-    while len(turns._waiting) < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    for key in (3.0, 1.0, 2.0):  # they arrive in this order
+        threads.append(threading.Thread(target=work, args=(key,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(lock._waiting) < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
     release.set()
     for thread in threads:
         thread.join(10)
-    assert order == [(1.0, 1), (2.0, 1), (3.0, 1)]  # by start time, one at a time
-    with turns.turn(5.0):  # free again: taken at once
+    expected = [1.0, 2.0, 3.0] if keyed else [3.0, 1.0, 2.0]  # by key, or by arrival
+    assert order == [(key, 1) for key in expected]  # one at a time
+    with lock.turn(5.0) if keyed else lock:  # free again: taken at once
         pass
 
 

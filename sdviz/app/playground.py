@@ -23,12 +23,9 @@ run (:func:`settle`, the step slider) touch the panel only while their run is st
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import heapq
 import inspect
 import io
-import itertools
 import threading
 import time
 import weakref
@@ -55,7 +52,7 @@ from sdviz.app.services import student_error
 from sdviz.app.sessions import DONE, FAILED, RUNNING, STOPPED, PanelRun, SessionRuns
 from sdviz.errors import SdvizError
 from sdviz.lessons import peek
-from sdviz.pipeline.models import Model
+from sdviz.pipeline.models import FairLock, Model
 from sdviz.pipeline.sampler import expected_steps
 from sdviz.pipeline.settings import MAX_SEED, RunSettings, check_settings
 from sdviz.pipeline.text import tokenize
@@ -303,43 +300,11 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
     }
 
 
-class _InTurn:
-    """A lock handed, when several wait for it, to the one with the smallest key (the earliest run first)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held = False
-        self._waiting: list[tuple[float, int, threading.Event]] = []  # a heap
-        self._count = itertools.count()
-
-    @contextlib.contextmanager
-    def turn(self, key: float) -> Iterator[None]:
-        with self._lock:
-            mine = threading.Event()
-            if self._held:
-                heapq.heappush(self._waiting, (key, next(self._count), mine))
-            else:
-                self._held = True
-                mine.set()
-        try:
-            mine.wait()  # set when the lock is handed to this thread
-            yield
-        finally:
-            with self._lock:
-                if not mine.is_set():  # interrupted while waiting: leave the queue
-                    self._waiting = [entry for entry in self._waiting if entry[2] is not mine]
-                    heapq.heapify(self._waiting)
-                elif self._waiting:
-                    heapq.heappop(self._waiting)[2].set()  # still held: now by the earliest waiting run
-                else:
-                    self._held = False
-
-
 # Live frames are drawn one at a time, the earliest run's first. Thirty users' first frames drawn at once, each in its
 # own thread, fight for Python's global lock: measured on 2 cores, 30 frames took 0.27-0.31 s drawn together (the
 # median user's at 0.26 s) and 0.15 s drawn one after another (the median user's at 0.08 s). In the order the users
 # pressed Generate, those who waited longest are served first. A lone user never waits for it.
-_drawing = _InTurn()
+_drawing = FairLock()
 
 
 def _stream_steps(panel: PeekPanel, model: Model, run: PanelRun, steps: services.RunStream, expected: int,

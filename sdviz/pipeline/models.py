@@ -8,10 +8,12 @@ each run builds its own scheduler (:mod:`sdviz.pipeline.schedulers`).
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,15 @@ class Model:
     dtype: torch.dtype
     derived: dict = field(default_factory=dict, repr=False)  # computed once from the parts, e.g. a float32 VAE
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards `derived`
+
+    def derived_from(self, key, source, make):
+        """``make()``, made once and kept in ``derived`` under ``key`` while ``source`` (a part of the model) stays
+        the model's; made again after it was replaced."""
+        with self.lock:
+            kept = self.derived.get(key)
+            if kept is None or kept[0] is not source:
+                kept = self.derived[key] = (source, make())
+            return kept[1]
 
     @property
     def tokenizer(self):
@@ -156,27 +167,55 @@ def use_cpu_threads(model: Model) -> int:
 
 
 class FairLock:
-    """A lock that serves its waiters in the order they came (``threading.Lock`` lets a thread that releases it
-    take it straight back, so a loop holding it step after step would starve everyone else)."""
+    """A lock that serves its waiters in turn: in the order they came (``with lock:``), or the one with the smallest
+    key first (``with lock.turn(key):``). ``threading.Lock`` lets a thread that releases it take it straight back, so
+    a loop holding it step after step would starve everyone else; here a release hands the lock to the next waiter."""
 
     def __init__(self) -> None:
-        self._turns = threading.Condition()
-        self._waiting: deque = deque()
+        self._lock = threading.Lock()
         self._held = False
+        self._waiting: list[tuple[float, int, threading.Event]] = []  # a heap: (key, arrival, woken when handed over)
+        self._arrivals = itertools.count()
 
     def __enter__(self) -> None:
-        me = object()
-        with self._turns:
-            self._waiting.append(me)
-            while self._held or self._waiting[0] is not me:
-                self._turns.wait()
-            self._waiting.popleft()
-            self._held = True
+        self._acquire(None)
 
     def __exit__(self, *exc) -> None:
-        with self._turns:
-            self._held = False
-            self._turns.notify_all()
+        self._release()
+
+    @contextlib.contextmanager
+    def turn(self, key: float) -> Iterator[None]:
+        self._acquire(key)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self, key: float | None) -> None:
+        mine = threading.Event()
+        with self._lock:
+            arrival = next(self._arrivals)
+            if not self._held:
+                self._held = True
+                return
+            heapq.heappush(self._waiting, (arrival if key is None else key, arrival, mine))
+        try:
+            mine.wait()
+        except BaseException:
+            with self._lock:
+                if not mine.is_set():  # interrupted while waiting: leave the queue
+                    self._waiting = [entry for entry in self._waiting if entry[2] is not mine]
+                    heapq.heapify(self._waiting)
+                    raise
+            self._release()  # handed over just as the wait was interrupted: pass it on
+            raise
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                heapq.heappop(self._waiting)[2].set()  # still held: now by the next waiter
+            else:
+                self._held = False
 
 
 # The playground's torch work (a batch's steps, the live views' decodes) runs one piece at a time, in turn, under this

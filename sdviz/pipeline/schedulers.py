@@ -47,17 +47,12 @@ def make_scheduler(model, name: str | None = None):
         cls = SCHEDULERS[name]
     else:
         raise SdvizError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
-    key = ("scheduler", cls)
-    with model.lock:
-        source, unused = model.derived.get(key, (None, None))
-    if source is not model.pipe.scheduler:  # first use, or the model's scheduler was replaced since
-        source, unused = model.pipe.scheduler, _build(cls, model.scheduler_config)
-        with model.lock:
-            model.derived[key] = (source, unused)
+    unused = model.derived_from(("scheduler", cls), model.pipe.scheduler,
+                                lambda: _from_config(cls, model.scheduler_config))
     return copy.deepcopy(unused)
 
 
-def _build(cls, config):
+def _from_config(cls, config):
     scheduler = cls.from_config(config)
     # StableDiffusionPipeline.__init__ corrects two legacy settings on any scheduler it is given; so do we.
     fixes = {}

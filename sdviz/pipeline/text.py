@@ -62,11 +62,8 @@ def embed(model, tokens: Tokens, layer: int | None = None) -> torch.Tensor:
     every run also encodes its negative prompt, nearly always "", and a class encodes thirty prompts one after
     another before its batch can start."""
     key = (tuple(tokens.ids), tokens.n_prompt_tokens, layer)
+    kept = model.derived_from("embeddings", model.text_encoder, OrderedDict)
     with model.lock:
-        encoder, kept = model.derived.get("embeddings", (None, None))
-        if encoder is not model.text_encoder:  # first use, or the model's text encoder was replaced since
-            encoder, kept = model.text_encoder, OrderedDict()
-            model.derived["embeddings"] = (encoder, kept)
         if key in kept:
             kept.move_to_end(key)
             return kept[key]

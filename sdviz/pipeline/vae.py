@@ -52,8 +52,8 @@ def decode_batch_to_pil(model, latents: torch.Tensor) -> list[Image.Image]:
 
     As many per call as keep the decoder's largest tensor (its widest level at full size) under
     ``DECODE_CALL_BYTES``: the server gives every block over 8 MiB a fresh memory map (:mod:`sdviz.app.memory`),
-    zeroed page by page. Measured on 2 cores, a class's 60 first-step decodes of the embedded model: 0.26-0.28 s in
-    one call, 0.19 s eight at a time (without that setting 0.18 s and 0.16-0.17 s)."""
+    zeroed page by page. Measured on 2 cores, a class's 60 first-step decodes of the embedded model, alternating in one
+    process with that setting: 0.258 s in one call, 0.175 s eight at a time (medians; without it 0.18 s and 0.16 s)."""
     f = model.vae_scale_factor
     widest = max(model.vae.config.block_out_channels) * latents.shape[-2] * f * latents.shape[-1] * f
     per_call = max(1, DECODE_CALL_BYTES // (widest * latents.element_size()))
