@@ -13,7 +13,8 @@ took a quarter of a core from it (``--client gradio`` measures that way, as the 
 
 Measured, in one run of this script:
 1. a lone user (one client, distinct seeds, alternating between the servers, --lone runs each): the median time
-   from pressing Generate to the final picture, and to the first live frame;
+   from pressing Generate to the final picture, and to the first live frame; the batched server against the one-by-one
+   server as the median of the pairs' ratios (each pair run one after the other: the machine's drift cancels);
 2. the burst: --users clients (one browser session each) submit at the same moment, each with its own prompt and
    seed (and guidance scale); for each user the time to its first live frame and to its final picture; errors;
 3. pictures: every burst picture against the same request run alone (max difference in 0-255 levels);
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--same", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--lone", type=int, default=15, help="lone runs on each server")
+    parser.add_argument("--lone", type=int, default=30, help="lone runs on each server")
     parser.add_argument("--client", choices=["browser", "gradio"], default="browser",
                         help="browser (default): each user a page speaking Gradio's HTTP API with no polling, opened "
                              "before the burst; gradio: gradio_client (its threads poll, on the server's cores)")
@@ -163,10 +164,17 @@ def main() -> None:
         for name, runs in lone.items():
             report[f"lone_{name}_s"] = statistics.median(r["total_s"] for r in runs)
             report[f"lone_{name}_first_frame_s"] = statistics.median(r["first_frame_s"] for r in runs)
-        report["lone_batched_vs_one_by_one"] = report["lone_batched_s"] / report["lone_one_by_one_s"]
+        report["lone_ratio_of_medians"] = report["lone_batched_s"] / report["lone_one_by_one_s"]
+        # Side by side: each pair ran one after the other, so the machine's drift over the minute cancels in its ratio
+        pair_ratios = [b["total_s"] / o["total_s"] for b, o in zip(lone["batched"], lone["one_by_one"], strict=True)]
+        report["lone_batched_vs_one_by_one"] = statistics.median(pair_ratios)
+        report["lone_pair_ratios_quartiles"] = [round(q, 3) for q in (statistics.quantiles(pair_ratios, n=4)
+                                                                       if len(pair_ratios) > 1 else pair_ratios)]
         lone_s = report["lone_batched_s"]
-        print(f"lone run: batched server {lone_s:.3f} s, one-by-one server {report['lone_one_by_one_s']:.3f} s "
-              f"(ratio {report['lone_batched_vs_one_by_one']:.3f})", flush=True)
+        print(f"lone run: batched server {lone_s:.3f} s, one-by-one server {report['lone_one_by_one_s']:.3f} s; "
+              f"batched / one by one, median of {len(pair_ratios)} pairs {report['lone_batched_vs_one_by_one']:.3f} "
+              f"(quartiles {report['lone_pair_ratios_quartiles']}), ratio of medians "
+              f"{report['lone_ratio_of_medians']:.3f}", flush=True)
 
         requests = [(prompt(i), 1000 + i, [args.guidance, 1.0, 4.0, 7.5][i % 4]) for i in range(args.users)]
         for name in ("batched", "one_by_one"):

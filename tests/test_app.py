@@ -18,7 +18,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 from PIL import Image
 
-from sdviz.app import components, playground
+from sdviz.app import components, playground, texts
 from sdviz.app.components import EXAMPLES_DIR
 from sdviz.app.hosting import allowed_models
 from sdviz.app.layout import build_demo
@@ -233,6 +233,31 @@ def test_the_event_shows_steps_live_then_hands_over_the_trace(tiny_model_dir, pa
     assert updates[-1][final] is trace.image
 
 
+def test_live_updates_leave_out_no_output_they_can_fill(tiny_model_dir, panel_and_states):
+    """Gradio rebuilds every output an update leaves out (a component and its config, on its one event loop): the
+    start and the live frames give each output a value, the plot and its text only once a plot is on screen (they keep
+    it). The start also clears every picture of the previous run."""
+    panel, final, run_state = panel_and_states
+    outputs = [final, *panel.all_outputs()]
+    settings = RunSettings(prompt="a red circle", steps=12, guidance_scale=5.0, scheduler="ddim")
+    updates = list(playground.live_run(panel, final, run_state, str(tiny_model_dir), settings, slow=False))
+    start, live = updates[0], [u for u in updates if str(u.get(panel.status, "")).startswith("Step")]
+    assert set(start) == set(outputs) and start[panel.latents] == components.waiting_latents(texts.STARTING)
+    assert start[panel.noise] == components.waiting_noise(texts.STARTING) and texts.STARTING in start[panel.live]
+    assert start[final] is None and start[panel.plot] is None and start[panel.numbers] == ""
+    assert live
+    plot_shown = False
+    for update in live:
+        plot_shown = plot_shown or update.get(panel.plot) is not None
+        assert set(outputs) - set(update) <= ({panel.plot, panel.plot_text} if plot_shown else set())
+        assert update[final] is None and update[panel.animation] is None
+        assert isinstance(update[panel.step], int)  # a plain value: the slider's range was set at the start
+    assert [u[panel.step] for u in live] == sorted({u[panel.step] for u in live})
+    done = updates[-1]
+    assert done[final] is done[run_state].image and done[panel.animation] is None  # the animation follows (settle)
+    assert plot_shown or (done[panel.plot] is None and done[panel.plot_text] == texts.explain_plot())
+
+
 def test_without_cfg_the_panel_says_why_two_estimates_are_missing(tiny_model_dir, panel_and_states):
     panel = panel_and_states[0]
     settings = RunSettings(prompt="a red circle", steps=2, guidance_scale=1.0)
@@ -353,7 +378,6 @@ def other_model_dir(tmp_path_factory):
 
 
 def test_every_text_that_quotes_a_number_reads_it_from_the_model(other_model_dir, tiny_model_dir):
-    from sdviz.app import texts
     from sdviz.pipeline.models import load_model
 
     model = load_model(other_model_dir, device="cpu")
@@ -378,8 +402,6 @@ def test_every_text_that_quotes_a_number_reads_it_from_the_model(other_model_dir
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_the_plots_text_says_what_the_plotted_spread_of_x_t_did(tiny_model, scheduler):
-    from sdviz.app import texts
-
     trace = generate(tiny_model, RunSettings(prompt="a red circle", steps=6, guidance_scale=5.0, scheduler=scheduler))
     first, last = (float(r.latents.float().std()) for r in (trace.steps[0], trace.steps[-1]))
     text = texts.explain_plot(trace.steps)

@@ -143,7 +143,7 @@ def test_the_step_shown_and_the_what_if_step_come_back_after_the_run(ln, tiny_mo
     updates = run_updates(ln, pending, session="after-run")
     trace = next(u[ln.page.run_state] for u in updates if ln.page.run_state in u)
     after = lesson_links.after_run(ln, pending, trace, request=request({}, "after-run"))
-    assert after[ln.page.panel.step].value == 2 and "Showing step **2 /" in after[ln.page.panel.status]
+    assert after[ln.page.panel.step] == 2 and "Showing step **2 /" in after[ln.page.panel.status]
     step = after[ln.controls.component("cfg_step", None)]
     assert (step.value, step.maximum, step.interactive) == (3, len(trace.steps), True)
     assert after[ln.controls.component("cfg_g", None)].value == 9.5

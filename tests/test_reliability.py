@@ -400,13 +400,13 @@ def test_the_timeline_plays_steps_pauses_at_the_end_or_loops(page_demo):
     assert not timer.active and button.value == playground.PLAY
     ticked = page.call("step_forward", 1, False)  # one tick: step 1 -> 2, the whole panel
     assert page.value(ticked, "peek-status") == f"Showing step **2 / {n}** of the last run."
-    assert page.value(ticked, "peek-step").value == 2
+    assert page.value(ticked, "peek-step") == 2
     assert page.value(ticked, "peek-numbers").count(f"2 of {n}") == 1
     assert isinstance(page.value(ticked, "peek-plot"), Image.Image)
     at_end = page.call("step_forward", n, False)  # at the end without loop: it stays and pauses
-    assert page.value(at_end, "peek-step").value == n and page.value(at_end, "peek-play").value == playground.PLAY
-    assert page.call("step_forward", n, True)[page_demo.sdviz_page.panel.step].value == 1  # loop: round again
-    assert page.call("step_back", 1, True)[page_demo.sdviz_page.panel.step].value == n
+    assert page.value(at_end, "peek-step") == n and page.value(at_end, "peek-play").value == playground.PLAY
+    assert page.call("step_forward", n, True)[page_demo.sdviz_page.panel.step] == 1  # loop: round again
+    assert page.call("step_back", 1, True)[page_demo.sdviz_page.panel.step] == n
     assert playground.pace_s(0) == 1.0 and playground.pace_s(50) == pytest.approx(0.1)
 
 
@@ -421,7 +421,7 @@ def test_during_a_run_the_timeline_replays_what_has_arrived(page_demo):
     assert timer.active and button.value == playground.PAUSE and playground.replaying(run)
     ticked = page.call("step_forward", 1, True)
     assert page.value(ticked, "peek-status").startswith("Showing step **2 / ")
-    assert "of the run going" in page.value(ticked, "peek-status") and page.value(ticked, "peek-step").value == 2
+    assert "of the run going" in page.value(ticked, "peek-status") and page.value(ticked, "peek-step") == 2
     assert len(run.steps) >= arrived and run.outcome == RUNNING
     page.call("play_pause", playground.PAUSE, 10, 2)  # Pause: the live frames come back
     assert not playground.replaying(run)

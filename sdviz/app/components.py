@@ -250,14 +250,13 @@ def peek_panel(model: Model | None = None) -> PeekPanel:
             gr.Markdown(texts.EXPLAIN_TIMELINE, elem_classes=["explain"])
         with gr.Row():
             with gr.Column(scale=5):
-                latents = gr.HTML(figures_html([(texts.LATENTS_CAPTION, None)], texts.WAITING), elem_id="peek-latents")
+                latents = gr.HTML(waiting_latents(), elem_id="peek-latents")
             with gr.Column(scale=2, min_width=280):
                 latents_text = gr.Markdown(texts.explain_latents(model) if model is not None else "",
                                            elem_classes=["explain"], elem_id="peek-latents-text")
         with gr.Row():
             with gr.Column(scale=5):
-                noise = gr.HTML(figures_html([(peek.NOISE_TITLES[k], None) for k in peek.NOISE_KINDS], texts.WAITING),
-                                elem_id="peek-noise")
+                noise = gr.HTML(waiting_noise(), elem_id="peek-noise")
             with gr.Column(scale=2, min_width=280):
                 gr.Markdown(texts.EXPLAIN_NOISE, elem_classes=["explain"])
         with gr.Row():
@@ -274,14 +273,26 @@ def peek_panel(model: Model | None = None) -> PeekPanel:
                      latents_text, noise, numbers, plot, plot_text, animation)
 
 
-def live_html(pictures: dict[str, Image.Image | None], real: bool, at_start: bool = False) -> str:
+def live_html(pictures: dict[str, Image.Image | None], real: bool, at_start: bool = False,
+              waiting: str = texts.WAITING) -> str:
     """The compact live view's three pictures: x_t and predicted x0 (real decodes, or the preview) and the guided
-    noise; ``at_start``: x_t is still nearly pure noise (its caption says why its decode does not look like it)."""
+    noise; ``at_start``: x_t is still nearly pure noise (its caption says why its decode does not look like it).
+    A picture not given says ``waiting`` in its place."""
     captions = dict(texts.LIVE_CAPTIONS) | ({} if real else texts.PREVIEW_CAPTIONS)
     if at_start and real:
         captions["x_t"] = texts.NOISE_AT_START
-    return figures_html([(captions[k], pictures.get(k)) for k in texts.LIVE_CAPTIONS], texts.WAITING,
+    return figures_html([(captions[k], pictures.get(k)) for k in texts.LIVE_CAPTIONS], waiting,
                         css_class="peek-figures live-figures", photos={0, 1})
+
+
+def waiting_latents(waiting: str = texts.WAITING) -> str:
+    """The latents' place before the first run (``waiting`` says when they come; also while a run starts)."""
+    return figures_html([(texts.LATENTS_CAPTION, None)], waiting)
+
+
+def waiting_noise(waiting: str = texts.WAITING) -> str:
+    """The noise estimates' place before the first run, or while a run starts."""
+    return figures_html([(peek.NOISE_TITLES[k], None) for k in peek.NOISE_KINDS], waiting)
 
 
 def figures_html(figures: list[tuple[str, Image.Image | None]],

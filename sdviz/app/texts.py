@@ -235,6 +235,7 @@ COPY_LINK_JS = """(query) => {
 }"""
 
 WAITING = "appears when you press Generate"
+STARTING = "comes with the first step"  # a run has started: its first step is being computed
 LIVE_CAPTIONS = {"x_t": "x_t, VAE decode", "x0": "predicted x0, VAE decode", "guided": "guided noise (used)"}
 PREVIEW_CAPTIONS = {"x_t": "x_t, preview (no decoder)", "x0": "predicted x0, preview (no decoder)"}
 LATENTS_CAPTION = "x_t: the latent channels"
