@@ -98,6 +98,28 @@ def new_page(url: str, browsers: bool):
     return opened_page(url) if browsers else new_client(url)
 
 
+def lone_pairs(pages: dict, runs: int, guidance: float, steps: int, seed0: int) -> dict[str, list[dict]]:
+    """A lone user on each of the two servers' ``pages``: one warm-up run each (first runs pay for lazy set-up), then
+    ``runs`` pairs, alternating which goes first, with distinct seeds (never from the cache)."""
+    names = list(pages)
+    for name in names:
+        timed_run(pages[name], "a red circle", 999_000, guidance, steps)
+    lone: dict[str, list[dict]] = {name: [] for name in names}
+    for k in range(runs):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            lone[name].append(timed_run(pages[name], prompt(k), seed0 + k, guidance, steps))
+    return lone
+
+
+def pair_ratios(lone: dict[str, list[dict]]) -> list[float]:
+    """Each pair's batched / one-by-one time. A pair ran one after the other, so the machine's drift cancels."""
+    return [b["total_s"] / o["total_s"] for b, o in zip(lone["batched"], lone["one_by_one"], strict=True)]
+
+
+def quartiles(values: list[float]) -> list[float]:
+    return [round(q, 3) for q in (statistics.quantiles(values, n=4) if len(values) > 1 else values)]
+
+
 def fetch(url: str) -> np.ndarray:
     response = httpx.get(url, timeout=60)
     response.raise_for_status()
@@ -155,24 +177,17 @@ def main() -> None:
     browsers = args.client == "browser"
     try:
         lone_client = {name: new_page(url, browsers) for name, url in urls.items()}
-        for name in urls:  # warm up: first runs pay for lazy set-up
-            timed_run(lone_client[name], "a red circle", 999_000, args.guidance, args.steps)
-        lone: dict[str, list[dict]] = {name: [] for name in urls}
-        for k in range(args.lone):  # alternating, distinct seeds: side by side, never from the cache
-            for name in (("batched", "one_by_one") if k % 2 == 0 else ("one_by_one", "batched")):
-                lone[name].append(timed_run(lone_client[name], prompt(k), 500_000 + k, args.guidance, args.steps))
+        lone = lone_pairs(lone_client, args.lone, args.guidance, args.steps, 500_000)
         for name, runs in lone.items():
             report[f"lone_{name}_s"] = statistics.median(r["total_s"] for r in runs)
             report[f"lone_{name}_first_frame_s"] = statistics.median(r["first_frame_s"] for r in runs)
         report["lone_ratio_of_medians"] = report["lone_batched_s"] / report["lone_one_by_one_s"]
-        # Side by side: each pair ran one after the other, so the machine's drift over the minute cancels in its ratio
-        pair_ratios = [b["total_s"] / o["total_s"] for b, o in zip(lone["batched"], lone["one_by_one"], strict=True)]
-        report["lone_batched_vs_one_by_one"] = statistics.median(pair_ratios)
-        report["lone_pair_ratios_quartiles"] = [round(q, 3) for q in (statistics.quantiles(pair_ratios, n=4)
-                                                                       if len(pair_ratios) > 1 else pair_ratios)]
+        ratios = pair_ratios(lone)
+        report["lone_batched_vs_one_by_one"] = statistics.median(ratios)
+        report["lone_pair_ratios_quartiles"] = quartiles(ratios)
         lone_s = report["lone_batched_s"]
         print(f"lone run: batched server {lone_s:.3f} s, one-by-one server {report['lone_one_by_one_s']:.3f} s; "
-              f"batched / one by one, median of {len(pair_ratios)} pairs {report['lone_batched_vs_one_by_one']:.3f} "
+              f"batched / one by one, median of {len(ratios)} pairs {report['lone_batched_vs_one_by_one']:.3f} "
               f"(quartiles {report['lone_pair_ratios_quartiles']}), ratio of medians "
               f"{report['lone_ratio_of_medians']:.3f}", flush=True)
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from _server import free_port, start_server
-from classroom import new_page, prompt, timed_run
+from classroom import lone_pairs, new_page, pair_ratios, quartiles
 
 ENV = {"batched": {}, "one_by_one": {"SDVIZ_BATCH": "1", "SDVIZ_CONCURRENCY": "1"}}
 
@@ -32,22 +32,17 @@ def one_pair_of_servers(model: str, pairs: int, guidance: float, steps: int, see
                         batched_env: dict[str, str]) -> dict:
     temp = tempfile.mkdtemp(prefix="sdviz-lone-")
     ports = {name: free_port() for name in ENV}
-    env = {"batched": batched_env, "one_by_one": ENV["one_by_one"]}
+    env = {**ENV, "batched": batched_env}
     servers = {name: start_server(model, ports[name], temp, env[name]) for name in ENV}
     try:
         pages = {name: new_page(f"http://127.0.0.1:{ports[name]}/", True) for name in ENV}
-        for name in ENV:  # warm up: first runs pay for lazy set-up
-            timed_run(pages[name], "a red circle", 999_000, guidance, steps)
-        times: dict[str, list[float]] = {name: [] for name in ENV}
-        for k in range(pairs):
-            for name in (("batched", "one_by_one") if k % 2 == 0 else ("one_by_one", "batched")):
-                times[name].append(timed_run(pages[name], prompt(k), seed0 + k, guidance, steps)["total_s"])
+        lone = lone_pairs(pages, pairs, guidance, steps, seed0)
     finally:
         for server in servers.values():
             server.terminate()
-    ratios = [b / o for b, o in zip(times["batched"], times["one_by_one"], strict=True)]
-    return {"batched_s": statistics.median(times["batched"]), "one_by_one_s": statistics.median(times["one_by_one"]),
-            "median_pair_ratio": statistics.median(ratios), "ratios": [round(r, 4) for r in ratios]}
+    ratios = pair_ratios(lone)
+    return {name + "_s": statistics.median(r["total_s"] for r in lone[name]) for name in ENV} | {
+        "median_pair_ratio": statistics.median(ratios), "ratios": [round(r, 4) for r in ratios]}
 
 
 def main() -> None:
@@ -72,7 +67,7 @@ def main() -> None:
               f" median of {args.pairs} pair ratios {result['median_pair_ratio']:.3f}", flush=True)
     pooled = [r for result in report["servers"] for r in result["ratios"]]
     report["pooled_median_ratio"] = statistics.median(pooled)
-    report["pooled_quartiles"] = [round(q, 3) for q in statistics.quantiles(pooled, n=4)] if len(pooled) > 1 else pooled
+    report["pooled_quartiles"] = quartiles(pooled)
     report["within_5pct"] = report["pooled_median_ratio"] <= 1.05
     print(f"all {len(pooled)} pairs: median ratio {report['pooled_median_ratio']:.3f} "
           f"(quartiles {report['pooled_quartiles']}); per pair of servers "

@@ -267,7 +267,7 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
     steps = services.RunStream(model_name, settings, init_image)
     try:
         yield {  # nothing of the previous run stays on screen (and every output has a value: see _stream_steps)
-            final: None, panel.animation: None, panel.plot: None, panel.plot_text: texts.explain_plot(),
+            final: None, panel.animation: None, **_no_plot(panel),
             panel.live: live_html({}, services.decodes_are_cheap(model), waiting=texts.STARTING),
             panel.latents: waiting_latents(texts.STARTING), panel.noise: waiting_noise(texts.STARTING),
             panel.numbers: "",
@@ -304,7 +304,7 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
         panel.animation: None,
     }
     if not plot_drawn:
-        done[panel.plot], done[panel.plot_text] = None, texts.explain_plot()
+        done |= _no_plot(panel)
     yield done
 
 
@@ -313,6 +313,11 @@ def live_run(panel: PeekPanel, final: gr.Image, run_state: gr.State, model_name:
 # median user's at 0.26 s) and 0.15 s drawn one after another (the median user's at 0.08 s). In the order the users
 # pressed Generate, those who waited longest are served first. A lone user never waits for it.
 _drawing = FairLock()
+
+
+def _no_plot(panel: PeekPanel) -> dict:
+    """The plot's place while a run has none: empty, under the plot's generic explanation."""
+    return {panel.plot: None, panel.plot_text: texts.explain_plot()}
 
 
 def _stream_steps(panel: PeekPanel, final: gr.Image, model: Model, run: PanelRun, steps: services.RunStream,
@@ -357,7 +362,7 @@ def _stream_steps(panel: PeekPanel, final: gr.Image, model: Model, run: PanelRun
             plot_cost = 2 * (time.perf_counter() - plot_started)
             plot_drawn = True
         elif not plot_drawn:
-            values[panel.plot], values[panel.plot_text] = None, texts.explain_plot()
+            values |= _no_plot(panel)
         values[final], values[panel.animation] = None, None
         if max(total, 2) == slider_max:
             values[panel.step] = item.index + 1
